@@ -1,0 +1,31 @@
+"""jaxcsp: JAX-native differentiable crystal structure optimization and prediction.
+
+The public contract is in DESIGN.md §4; the names re-exported here are stable.
+
+>>> import jaxcsp as jc
+>>> c = jc.Crystals.create([[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0]], [[0, 0, 0]], ["Cu"])
+>>> int(c.num_atoms[0])
+1
+"""
+
+from jaxcsp import elements, errors, io
+from jaxcsp.crystal import Crystals, compact, concatenate, pad, stack, unstack
+from jaxcsp.errors import InvalidStructureError, JaxcspError, StructureFileError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Crystals",
+    "InvalidStructureError",
+    "JaxcspError",
+    "StructureFileError",
+    "__version__",
+    "compact",
+    "concatenate",
+    "elements",
+    "errors",
+    "io",
+    "pad",
+    "stack",
+    "unstack",
+]
