@@ -131,7 +131,7 @@ class Crystals:
 
     @property
     def volume(self) -> Array:
-        """Signed cell volume ``det(lattice)`` per crystal, ``(...,)``, Å³ (positive for valid cells)."""
+        """Signed cell volume ``det(lattice)``, ``(...,)`` in Å³ (positive for valid cells)."""
         return jnp.linalg.det(self.lattice)
 
     @property
@@ -170,7 +170,7 @@ class Crystals:
         return dataclasses.replace(self, **changes)
 
     def wrap(self) -> Crystals:
-        """Wrap fractional coordinates of real atoms into ``[0, 1)`` (differentiable; padding stays 0)."""
+        """Wrap fractional coordinates into ``[0, 1)`` (differentiable; padding stays 0)."""
         w = self.frac - jnp.floor(self.frac)
         w = jnp.where(w >= 1.0, w - 1.0, w)  # -1e-17 - floor(-1e-17) rounds to exactly 1.0
         w = jnp.where(self.mask[..., None], w, jnp.zeros_like(w))

@@ -312,7 +312,7 @@ def read(
 def write(
     path: str | os.PathLike, crystals: Crystals, *, format: str | None = None, **kwargs
 ) -> None:
-    """Write a batch to a file through :func:`ase.io.write` (all structures where the format allows).
+    """Write a batch to a file through :func:`ase.io.write` (many structures where allowed).
 
     Args:
       path: file path; the format is guessed from its name unless ``format`` is given.
