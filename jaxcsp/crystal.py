@@ -110,7 +110,7 @@ class Crystals:
         mk = (sp > 0) if mask is None else np.asarray(mask)
         validate_arrays(lat, fr, sp, mk, source=source)
         if dtype is None:
-            dtype = jnp.result_type(lat.dtype, fr.dtype)
+            dtype = jax.dtypes.canonicalize_dtype(np.result_type(lat.dtype, fr.dtype))
         return cls(
             lattice=jnp.asarray(lat, dtype=dtype),
             frac=jnp.asarray(fr, dtype=dtype),

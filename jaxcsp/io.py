@@ -301,7 +301,8 @@ def read(
     try:
         images = ase.io.read(path, index=index, format=format)
     except Exception as e:  # ASE raises many types for bad content
-        raise StructureFileError(f"could not parse ({type(e).__name__}: {e})", path=path) from e
+        detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise StructureFileError(f"could not parse ({detail})", path=path) from e
     if not isinstance(images, list):
         images = [images]
     if not images:

@@ -1,0 +1,7 @@
+"""``python -m jaxcsp.cli``."""
+
+import sys
+
+from jaxcsp.cli import main
+
+sys.exit(main())
