@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 
 import numpy as np
 
@@ -43,9 +44,11 @@ def summarize(crystals, symprec: float = 1e-3) -> list[dict]:
         cellpar = atoms.cell.cellpar()
         vol = float(atoms.get_volume())
         density = float(atoms.get_masses().sum() / vol * 1.66053906660)
-        ds = spglib.get_symmetry_dataset(
-            (atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers), symprec=symprec
-        )
+        with warnings.catch_warnings():  # spglib 2.5+ deprecates its None-on-failure return
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds = spglib.get_symmetry_dataset(
+                (atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers), symprec=symprec
+            )
         spg = f"{ds.international} ({ds.number})" if ds is not None else None
         rows.append(
             {
