@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -70,10 +70,13 @@ def test_bad_input_exit_code_and_message(tmp_path, capsys):
     assert "one structure per file" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("jaxcsp") is None, reason="console script not installed")
+SCRIPT = pathlib.Path(sys.executable).parent / "jaxcsp"
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="console script not installed next to python")
 def test_console_script():
     out = subprocess.run(
-        ["jaxcsp", "info", "--json", str(DATA / "graphite.cif")],
+        [str(SCRIPT), "info", "--json", str(DATA / "graphite.cif")],
         capture_output=True,
         text=True,
         check=True,
