@@ -1,0 +1,576 @@
+"""Batched periodic neighbor lists (fixed capacity, any cell, jit/vmap/grad-safe).
+
+Contract (DESIGN.md §3):
+
+* :class:`Neighbors` — ``index (B, N, K)`` int32, integer image ``shift (B, N, K, 3)`` int32,
+  ``mask (B, N, K)`` bool and ``overflow (B,)`` bool; ``cutoff`` (Å) is static metadata.
+* Convention (ASE's and vesin's): the vector from atom ``i`` to its neighbor ``j`` is
+  ``r_j - r_i + shift @ lattice`` with ``r = frac @ lattice`` computed from the fractional
+  coordinates *as given* (they need not be wrapped into ``[0, 1)``). Lists are full (both i→j and
+  j→i); an atom's own periodic images are neighbors, the zero-shift self pair is not; padded atoms
+  have no neighbors and are nobody's neighbor. A pair is a neighbor when its distance is strictly
+  below the cutoff. Slots ``k`` with ``mask == False`` hold ``index = i`` (the atom itself) and a
+  zero shift, so gathers stay in bounds and masked vectors are exactly zero.
+* Capacity ``K`` and the image ranges are *shapes*: they are chosen on the host from the data
+  (:func:`neighbor_list_spec`, with headroom) and checked inside ``jit``. :func:`update` reuses
+  them while structures move and sets ``overflow`` for every crystal whose list did not fit or
+  whose cell became too thin for the image range; :func:`neighbor_list` re-allocates and
+  recomputes until nothing overflows, so a list is never silently truncated.
+
+Algorithm. Coordinates are wrapped, ``f = w + o`` with ``w`` in ``[0, 1)`` and integer ``o``; the
+wrap is folded back into the returned shift (``shift = s + o_i - o_j``). With
+``x_d = cutoff / width_d`` (``width_d = V / |a_e × a_f|`` the perpendicular width of the cell
+along axis ``d``), a neighbor needs ``|w_j - w_i + s|_d <= x_d``, so for each pair the admissible
+shifts along ``d`` form the interval ``[ceil(-x_d - Δw_d), floor(x_d - Δw_d)]``, which holds at most
+``m_d = floor(2 x_d) + 1`` integers. Each pair therefore tests ``M = m_1 m_2 m_3`` candidate images
+``s = lo_ij + t`` (``t`` in the static box ``[0, m_1) × [0, m_2) × [0, m_3)``), instead of all
+``prod(2 ceil(x_d) + 1)`` images of a cell-wide search (1 instead of 27 for a minimum-image cell,
+8 instead of 27 for cells between one and two cutoffs wide). Candidates are tested in Cartesian
+space (``|(Δw + lo) @ L + t @ L|² < cutoff²``, the image offset added on the fly) and the
+survivors of each row are compacted into the ``K`` slots with a prefix sum. The Pallas kernel
+(``pallas_kernels/neighbor_list.py``) computes the same candidate test on GPU.
+
+>>> import numpy as np
+>>> from jaxcsp.crystal import Crystals
+>>> c = Crystals.create(np.eye(3) * 2.0, [[0.0, 0.0, 0.0]], [29])
+>>> nl = neighbor_list(c, 2.5)
+>>> int(nl.mask.sum())  # the 6 face images at 2 Å and 12 edge images at 2.83 Å -> 6
+6
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcsp.crystal import Crystals
+from jaxcsp.errors import InvalidStructureError, JaxcspError
+
+__all__ = [
+    "NeighborListOverflowError",
+    "NeighborListSpec",
+    "Neighbors",
+    "distances",
+    "edge_vectors",
+    "neighbor_list",
+    "neighbor_list_spec",
+    "update",
+]
+
+Array = jax.Array
+
+#: Fractional-coordinate margin added to the image interval (candidates are over-, never
+#: under-enumerated; the distance test is exact).
+_FRAC_EPS = 1e-6
+#: Methods accepted by :func:`neighbor_list`.
+METHODS = ("auto", "xla", "pallas")
+#: Upper bound on candidate images per pair (guards against absurd cutoff / width ratios).
+MAX_IMAGES = 16384
+
+
+class NeighborListOverflowError(JaxcspError, RuntimeError):
+    """A neighbor list still overflowed after re-allocation (should not happen; report it)."""
+
+
+# ---------------------------------------------------------------------- types
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
+class Neighbors:
+    """Fixed-capacity neighbor lists of a batch of crystals.
+
+    Attributes:
+      index: ``(B, N, K)`` int32, index ``j`` of each neighbor of atom ``i`` (``i`` itself in
+        unused slots).
+      shift: ``(B, N, K, 3)`` int32, integer image shift; the vector i→j is
+        ``r_j - r_i + shift @ lattice`` (Å).
+      mask: ``(B, N, K)`` bool, ``True`` for real entries.
+      overflow: ``(B,)`` bool, ``True`` where the list of that crystal is incomplete (capacity
+        ``K`` or the image range of the spec was too small); such a list must be rebuilt.
+      cutoff: static float, cutoff radius in Å (pairs with distance ``< cutoff``).
+    """
+
+    index: Array
+    shift: Array
+    mask: Array
+    overflow: Array
+    cutoff: float = dataclasses.field(metadata=dict(static=True))
+
+    @property
+    def capacity(self) -> int:
+        """Slots per atom ``K`` (static)."""
+        return self.index.shape[-1]
+
+    @property
+    def num_neighbors(self) -> Array:
+        """Neighbors per atom ``(B, N)`` int32."""
+        return jnp.sum(self.mask, axis=-1, dtype=jnp.int32)
+
+    def __repr__(self) -> str:
+        try:
+            return (
+                f"Neighbors(shape={tuple(self.index.shape)}, cutoff={self.cutoff}, "
+                f"overflow={np.asarray(self.overflow).any() if _concrete(self.overflow) else '?'})"
+            )
+        except (AttributeError, TypeError):
+            return f"Neighbors(index={self.index!r}, cutoff={self.cutoff})"
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class NeighborListSpec:
+    """Static shapes of a neighbor list, decided on the host (a pytree with no leaves).
+
+    Pass it to :func:`update` inside ``jit``; it is hashable and has no array leaves, so it can
+    be a static argument or an ordinary (empty) pytree argument.
+
+    Attributes:
+      cutoff: cutoff radius in Å.
+      max_neighbors: capacity ``K`` (slots per atom).
+      images: ``(m_1, m_2, m_3)`` candidate image shifts tested per pair along each lattice
+        vector; covers every cell with ``floor(2 cutoff / width_d) + 1 <= m_d``.
+      method: ``"xla"`` or ``"pallas"`` (resolved, never ``"auto"``).
+      interpret: run the Pallas kernel in interpret mode (automatic off GPU).
+    """
+
+    cutoff: float = dataclasses.field(metadata=dict(static=True))
+    max_neighbors: int = dataclasses.field(metadata=dict(static=True))
+    images: tuple[int, int, int] = dataclasses.field(metadata=dict(static=True))
+    method: str = dataclasses.field(default="xla", metadata=dict(static=True))
+    interpret: bool = dataclasses.field(default=False, metadata=dict(static=True))
+
+    @property
+    def num_images(self) -> int:
+        """Candidate images per pair ``M = m_1 m_2 m_3``."""
+        return self.images[0] * self.images[1] * self.images[2]
+
+
+# ---------------------------------------------------------------------- validation
+
+
+def _concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_cutoff(cutoff: Any) -> float:
+    if isinstance(cutoff, jax.core.Tracer):
+        raise InvalidStructureError(
+            "cutoff must be a concrete Python number (it fixes shapes); use "
+            "neighbor_list_spec outside jit and update inside it",
+            field="cutoff",
+        )
+    try:
+        value = float(cutoff)
+    except (TypeError, ValueError) as e:
+        raise InvalidStructureError(
+            f"cutoff must be a number, got {cutoff!r}", field="cutoff"
+        ) from e
+    if not math.isfinite(value) or value <= 0.0:
+        raise InvalidStructureError(
+            f"cutoff must be positive and finite, got {value!r}", field="cutoff"
+        )
+    return value
+
+
+def _check_max_neighbors(max_neighbors: Any) -> int | None:
+    if max_neighbors is None:
+        return None
+    if isinstance(max_neighbors, bool) or not isinstance(max_neighbors, (int, np.integer)):
+        raise InvalidStructureError(
+            f"max_neighbors must be a positive int or None, got {max_neighbors!r}",
+            field="max_neighbors",
+        )
+    if max_neighbors < 1:
+        raise InvalidStructureError(
+            f"max_neighbors must be >= 1, got {max_neighbors}", field="max_neighbors"
+        )
+    return int(max_neighbors)
+
+
+def _resolve_method(method: Any) -> str:
+    if method not in METHODS:
+        raise InvalidStructureError(
+            f"unknown method {method!r}; expected one of {METHODS}", field="method"
+        )
+    if method == "auto":
+        return "pallas" if jax.default_backend() == "gpu" else "xla"
+    return method
+
+
+def _check_crystals(crystals: Any) -> Crystals:
+    if not isinstance(crystals, Crystals):
+        raise InvalidStructureError(
+            f"expected a Crystals batch, got {type(crystals).__name__}", field="crystals"
+        )
+    if crystals.lattice.ndim != 3 or crystals.frac.ndim != 3:
+        raise InvalidStructureError(
+            "expected a batched Crystals (lattice (B, 3, 3), frac (B, N, 3)); got lattice "
+            f"{tuple(crystals.lattice.shape)} and frac {tuple(crystals.frac.shape)}",
+            field="lattice",
+        )
+    return crystals
+
+
+# ---------------------------------------------------------------------- geometry
+
+
+def cell_widths(lattice: Array) -> Array:
+    """Perpendicular widths of cells: ``width_d = |V| / |a_e × a_f|``.
+
+    Args:
+      lattice: ``(..., 3, 3)`` lattice rows in Å.
+
+    Returns:
+      ``(..., 3)`` distances in Å between opposite faces of the cell (float, lattice dtype).
+    """
+    xp = np if isinstance(lattice, np.ndarray) else jnp
+    a, b, c = lattice[..., 0, :], lattice[..., 1, :], lattice[..., 2, :]
+    areas = xp.stack(
+        [
+            xp.linalg.norm(xp.cross(b, c), axis=-1),
+            xp.linalg.norm(xp.cross(c, a), axis=-1),
+            xp.linalg.norm(xp.cross(a, b), axis=-1),
+        ],
+        axis=-1,
+    )
+    vol = xp.abs(xp.sum(a * xp.cross(b, c), axis=-1))
+    return vol[..., None] / areas
+
+
+def _images_needed(x: Any) -> Any:
+    """Candidate shifts per pair along each axis for reduced cutoffs ``x = cutoff / width``."""
+    xp = np if isinstance(x, np.ndarray) else jnp
+    return xp.floor(2.0 * (x + _FRAC_EPS)).astype(xp.int32) + 1
+
+
+def _wrap(frac: Array) -> tuple[Array, Array]:
+    """``frac = w + o`` with ``w`` in ``[0, 1)`` and integer ``o`` (int32)."""
+    o = jnp.floor(frac)
+    w = frac - o
+    over = w >= 1.0  # -1e-17 - floor(-1e-17) rounds to exactly 1.0
+    w = jnp.where(over, w - 1.0, w)
+    o = jnp.where(over, o + 1.0, o)
+    return w, o.astype(jnp.int32)
+
+
+def _decode(t: Array, images: tuple[int, int, int]) -> Array:
+    """Candidate number ``t`` in ``[0, M)`` -> offset ``(..., 3)`` int32 in the image box."""
+    _, m2, m3 = images
+    return jnp.stack([t // (m2 * m3), (t // m3) % m2, t % m3], axis=-1).astype(jnp.int32)
+
+
+def _image_box(images: tuple[int, int, int]) -> np.ndarray:
+    """All offsets of the image box, ``(M, 3)`` int32 (row-major, matches :func:`_decode`)."""
+    m1, m2, m3 = images
+    g = np.stack(np.meshgrid(np.arange(m1), np.arange(m2), np.arange(m3), indexing="ij"), -1)
+    return g.reshape(-1, 3).astype(np.int32)
+
+
+def pair_lower_shift(w_i: Array, w_j: Array, x: Array) -> Array:
+    """Smallest admissible image shift of pairs, ``ceil(-x - (w_j - w_i) - eps)``.
+
+    Shared by the XLA path, the Pallas wrapper and the reference so that the enumeration of
+    candidate images is bit-identical everywhere.
+
+    Args:
+      w_i: ``(..., 3)`` wrapped fractional coordinates of atom ``i``.
+      w_j: ``(..., 3)`` wrapped fractional coordinates of atom ``j``.
+      x: ``(..., 3)`` reduced cutoffs ``cutoff / width`` (broadcastable).
+
+    Returns:
+      ``(..., 3)`` int32 lower shifts.
+    """
+    return jnp.ceil(-x - (w_j - w_i) - _FRAC_EPS).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------- candidate test (XLA)
+
+
+def _candidates_xla(
+    w: Array, lattice: Array, mask: Array, x: Array, cutoff: Array, images: tuple[int, int, int]
+) -> Array:
+    """Candidate test for one crystal: ``(N, N, M)`` bool, True where pair image is a neighbor."""
+    n = w.shape[0]
+    box = jnp.asarray(_image_box(images), w.dtype)  # (M, 3)
+    lo = pair_lower_shift(w[:, None, :], w[None, :, :], x)  # (N, N, 3)
+    base = (w[None, :, :] - w[:, None, :] + lo.astype(w.dtype)) @ lattice  # (N, N, 3) Å
+    offs = box @ lattice  # (M, 3) Å: image offsets added on the fly
+    d = base[:, :, None, :] + offs[None, None, :, :]
+    d2 = jnp.sum(d * d, axis=-1)  # (N, N, M)
+    ok = d2 < cutoff * cutoff
+    pair_ok = mask[:, None] & mask[None, :]
+    ok = ok & pair_ok[:, :, None]
+    # The zero-shift self pair: i == j and lo + t == 0.
+    eye = jnp.eye(n, dtype=bool)
+    self_t = jnp.all(lo[:, :, None, :] + box.astype(jnp.int32)[None, None] == 0, axis=-1)
+    return ok & ~(eye[:, :, None] & self_t)
+
+
+# ---------------------------------------------------------------------- compaction
+
+
+def _compact_rows(valid: Array, capacity: int) -> tuple[Array, Array, Array]:
+    """Compact the True entries of each row of ``valid (R, C)`` into ``capacity`` slots.
+
+    Returns:
+      ``src (R, K)`` int32 column of each slot (0 in unused slots), ``slot_mask (R, K)`` bool and
+      ``count (R,)`` int32 total True entries per row (may exceed ``K``).
+    """
+    r, c = valid.shape
+    csum = jnp.cumsum(valid.astype(jnp.int32), axis=-1)
+    count = csum[:, -1]
+    dest = jnp.where(valid & (csum <= capacity), csum - 1, capacity)
+    cols = jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32), (r, c))
+    rows = jnp.broadcast_to(jnp.arange(r, dtype=jnp.int32)[:, None], (r, c))
+    src = jnp.zeros((r, capacity), jnp.int32).at[rows, dest].set(cols, mode="drop")
+    slot_mask = jnp.arange(capacity, dtype=jnp.int32)[None, :] < count[:, None]
+    return src, slot_mask, count
+
+
+def _finalize_one(
+    valid: Array, w: Array, o: Array, x: Array, spec_images: tuple[int, int, int], capacity: int
+) -> tuple[Array, Array, Array, Array]:
+    """From ``valid (N, N, M)`` of one crystal to ``(index, shift, mask, max_count)``."""
+    n = w.shape[0]
+    m = valid.shape[-1]
+    src, slot_mask, count = _compact_rows(valid.reshape(n, n * m), capacity)
+    j = src // m
+    t = src % m
+    j = jnp.where(slot_mask, j, jnp.arange(n, dtype=jnp.int32)[:, None])
+    w_j = w[j]  # (N, K, 3)
+    lo = pair_lower_shift(w[:, None, :], w_j, x)
+    s = lo + _decode(t, spec_images)
+    shift = s + o[:, None, :] - o[j]
+    shift = jnp.where(slot_mask[..., None], shift, 0)
+    return j.astype(jnp.int32), shift.astype(jnp.int32), slot_mask, jnp.max(count)
+
+
+def _chunked_map(fn, xs: tuple, chunk: int):
+    """``vmap`` over the batch in chunks of ``chunk`` crystals (bounded memory, cache-friendly)."""
+    b = xs[0].shape[0]
+    if b <= chunk:
+        return jax.vmap(fn)(*xs)
+    return jax.lax.map(lambda args: fn(*args), xs, batch_size=chunk)
+
+
+def _chunk_size(n: int, m: int) -> int:
+    # ~2M candidate entries per chunk keeps the working set in cache-sized pieces.
+    return max(1, (1 << 21) // max(1, n * n * m))
+
+
+# ---------------------------------------------------------------------- core (jit)
+
+
+def _reduced_cutoffs(lattice: Array, cutoff: Any) -> Array:
+    return cutoff / cell_widths(lattice)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _update(spec: NeighborListSpec, crystals: Crystals) -> tuple[Neighbors, Array]:
+    lattice, frac, mask = crystals.lattice, crystals.frac, crystals.mask
+    dtype = frac.dtype
+    lattice = lattice.astype(dtype)
+    cutoff = jnp.asarray(spec.cutoff, dtype)
+    w, o = _wrap(frac)
+    x = _reduced_cutoffs(lattice, cutoff)  # (B, 3)
+    need = _images_needed(x)
+    image_overflow = jnp.any(need > jnp.asarray(spec.images, jnp.int32), axis=-1)
+    n = frac.shape[1]
+    k = spec.max_neighbors
+    if spec.method == "pallas":
+        from pallas_kernels.neighbor_list import candidate_bits, unpack_bits
+
+        bits = candidate_bits(
+            w, lattice, mask, x, cutoff=spec.cutoff, images=spec.images, interpret=spec.interpret
+        )
+
+        def one(bits_b, w_b, o_b, x_b):
+            valid = unpack_bits(bits_b, spec.num_images)
+            return _finalize_one(valid, w_b, o_b, x_b, spec.images, k)
+
+        index, shift, smask, max_count = _chunked_map(
+            one, (bits, w, o, x), _chunk_size(n, spec.num_images)
+        )
+    else:
+
+        def one(w_b, o_b, lat_b, m_b, x_b):
+            valid = _candidates_xla(w_b, lat_b, m_b, x_b, cutoff, spec.images)
+            return _finalize_one(valid, w_b, o_b, x_b, spec.images, k)
+
+        index, shift, smask, max_count = _chunked_map(
+            one, (w, o, lattice, mask, x), _chunk_size(n, spec.num_images)
+        )
+    overflow = (max_count > k) | image_overflow
+    nl = Neighbors(index=index, shift=shift, mask=smask, overflow=overflow, cutoff=spec.cutoff)
+    return nl, max_count
+
+
+def update(spec: NeighborListSpec, crystals: Crystals) -> Neighbors:
+    """Recompute neighbor lists with the fixed shapes of ``spec`` (jit-safe).
+
+    Call it every step of a relaxation; check ``overflow`` (per crystal) and rebuild the spec
+    with :func:`neighbor_list_spec` on the host when any is set.
+
+    Args:
+      spec: shapes from :func:`neighbor_list_spec` (static).
+      crystals: batch with ``lattice (B, 3, 3)`` Å, ``frac (B, N, 3)``, ``mask (B, N)``.
+
+    Returns:
+      :class:`Neighbors` with ``K = spec.max_neighbors``; ``overflow[b]`` is True when crystal
+      ``b`` has an atom with more than ``K`` neighbors or a cell thinner than the image range of
+      ``spec`` allows (its list is then incomplete).
+    """
+    return _update(spec, crystals)[0]
+
+
+def neighbor_list_spec(
+    crystals: Crystals,
+    cutoff: float,
+    *,
+    max_neighbors: int | None = None,
+    method: str = "auto",
+    capacity_headroom: float = 0.25,
+    cell_headroom: float = 0.05,
+) -> NeighborListSpec:
+    """Choose the static shapes of a neighbor list from concrete data (host side).
+
+    Args:
+      crystals: concrete batch (not traced).
+      cutoff: cutoff radius in Å (positive, finite).
+      max_neighbors: capacity ``K``; ``None`` counts the neighbors of the data and adds
+        ``capacity_headroom``.
+      method: ``"auto"`` (Pallas on GPU, XLA elsewhere), ``"xla"`` or ``"pallas"`` (off GPU the
+        kernel runs in interpret mode: correct, slow).
+      capacity_headroom: relative head-room on the counted capacity.
+      cell_headroom: relative amount by which cell widths may shrink before :func:`update`
+        reports an image-range overflow.
+
+    Returns:
+      A hashable :class:`NeighborListSpec`.
+
+    Raises:
+      InvalidStructureError: bad cutoff, capacity or method, or a degenerate cell.
+    """
+    cutoff = _check_cutoff(cutoff)
+    max_neighbors = _check_max_neighbors(max_neighbors)
+    resolved = _resolve_method(method)
+    crystals = _check_crystals(crystals)
+    if not _concrete(crystals.lattice):
+        raise InvalidStructureError(
+            "neighbor_list_spec needs concrete crystals (call it outside jit)", field="lattice"
+        )
+    lat = np.asarray(crystals.lattice, dtype=np.float64)
+    widths = cell_widths(lat)
+    bad = ~np.all(np.isfinite(widths) & (widths > 0), axis=-1)
+    if bad.any():
+        raise InvalidStructureError(
+            "degenerate or non-finite cell", index=int(np.argmax(bad)), field="lattice"
+        )
+    need = _images_needed(cutoff * (1.0 + cell_headroom) / widths)
+    images = tuple(int(v) for v in need.max(axis=0)) if len(need) else (1, 1, 1)
+    if math.prod(images) > MAX_IMAGES:
+        worst = int(np.argmax(need.prod(axis=-1)))
+        raise InvalidStructureError(
+            f"cutoff {cutoff} Å needs {math.prod(images)} periodic images per pair "
+            f"(cell widths {widths[worst].round(3).tolist()} Å); the cell is too thin for this "
+            f"cutoff (limit {MAX_IMAGES})",
+            index=worst,
+            field="lattice",
+        )
+    interpret = resolved == "pallas" and jax.default_backend() != "gpu"
+    if max_neighbors is None:
+        probe = NeighborListSpec(cutoff, 1, images, resolved, interpret)
+        _, max_count = _update(probe, crystals)
+        counted = int(np.max(np.asarray(max_count), initial=0))
+        max_neighbors = max(1, math.ceil(counted * (1.0 + capacity_headroom)))
+    return NeighborListSpec(cutoff, max_neighbors, images, resolved, interpret)
+
+
+def neighbor_list(
+    crystals: Crystals,
+    cutoff: float,
+    *,
+    max_neighbors: int | None = None,
+    method: str = "auto",
+) -> Neighbors:
+    """Neighbor lists of a concrete batch, re-allocated until nothing overflows (host side).
+
+    Args:
+      crystals: concrete :class:`~jaxcsp.crystal.Crystals` (``lattice (B, 3, 3)`` Å, ``frac
+        (B, N, 3)``, ``mask (B, N)``); coordinates need not be wrapped.
+      cutoff: cutoff radius in Å; pairs with distance ``< cutoff`` are neighbors.
+      max_neighbors: initial capacity ``K``; ``None`` sizes it from the data. If any atom has
+        more neighbors, the list is re-allocated with a larger ``K`` and recomputed.
+      method: ``"auto"`` (Pallas on GPU, XLA elsewhere), ``"xla"`` or ``"pallas"``.
+
+    Returns:
+      :class:`Neighbors` with ``overflow`` all False.
+
+    Raises:
+      InvalidStructureError: non-positive or non-finite cutoff, ``max_neighbors < 1``, unknown
+        method, traced input, or a degenerate cell.
+    """
+    spec = neighbor_list_spec(crystals, cutoff, max_neighbors=max_neighbors, method=method)
+    for _ in range(3):
+        nl, max_count = _update(spec, crystals)
+        if not bool(np.any(np.asarray(nl.overflow))):
+            return nl
+        counted = int(np.max(np.asarray(max_count)))
+        spec = dataclasses.replace(
+            spec, max_neighbors=max(spec.max_neighbors + 1, math.ceil(counted * 1.25))
+        )
+    raise NeighborListOverflowError(
+        f"neighbor list still overflows after re-allocation (K={spec.max_neighbors})"
+    )
+
+
+# ---------------------------------------------------------------------- edge helpers
+
+
+def edge_vectors(crystals: Crystals, neighbors: Neighbors) -> Array:
+    """Vectors from each atom to its neighbors, ``r_j - r_i + shift @ lattice``.
+
+    Differentiable w.r.t. ``crystals.frac`` and ``crystals.lattice``; masked slots are exactly
+    zero (their ``index`` is the atom itself and their shift zero).
+
+    Args:
+      crystals: batch (``lattice (B, 3, 3)`` Å, ``frac (B, N, 3)``).
+      neighbors: lists of the same batch.
+
+    Returns:
+      ``(B, N, K, 3)`` vectors in Å (lattice dtype).
+    """
+
+    def one(frac, lattice, index, shift, mask):
+        df = frac[index] - frac[:, None, :] + shift.astype(frac.dtype)
+        v = df @ lattice
+        return jnp.where(mask[..., None], v, jnp.zeros_like(v))
+
+    return jax.vmap(one)(
+        crystals.frac, crystals.lattice, neighbors.index, neighbors.shift, neighbors.mask
+    )
+
+
+def distances(crystals: Crystals, neighbors: Neighbors) -> Array:
+    """Lengths of :func:`edge_vectors`, ``(B, N, K)`` in Å; 0 in masked slots.
+
+    Gradients are safe everywhere: masked slots give zero gradient (no NaN from ``sqrt(0)``).
+
+    Args:
+      crystals: batch (``lattice (B, 3, 3)`` Å, ``frac (B, N, 3)``).
+      neighbors: lists of the same batch.
+
+    Returns:
+      ``(B, N, K)`` distances in Å.
+    """
+    v = edge_vectors(crystals, neighbors)
+    d2 = jnp.sum(v * v, axis=-1)
+    safe = jnp.where(neighbors.mask, d2, jnp.ones_like(d2))
+    return jnp.where(neighbors.mask, jnp.sqrt(safe), jnp.zeros_like(d2))
