@@ -1,0 +1,219 @@
+"""Energy, forces and stress of a batch of crystals from any :class:`~jaxcsp.potentials.Potential`.
+
+Contract (DESIGN.md §4, §5):
+
+* :func:`calculate` (host side) checks species coverage, builds neighbor lists whose capacity is
+  chosen outside ``jit`` from the data (never truncated; :func:`jaxcsp.neighbors.neighbor_list`
+  re-allocates on overflow) and runs the jitted :func:`calculate_with_neighbors`.
+* :func:`calculate_with_neighbors` is pure and jit/vmap-safe: relaxers call it every step with
+  lists from :func:`jaxcsp.neighbors.update`.
+* Units and signs (ASE's): energy ``(B,)`` eV; forces ``-∂E/∂positions`` ``(B, N, 3)`` eV/Å, zero
+  on padded atoms; stress ``(1/V) ∂E/∂ε`` ``(B, 3, 3)`` eV/Å³ for a symmetric strain ``ε``
+  applied to the lattice and the positions together (``L → L (1 + ε)``, fractional coordinates
+  fixed; positive = the cell wants to shrink, i.e. tensile), obtained by autodiff of the energy.
+  Multiply by ``-1 / ase.units.GPa`` for pressure-style GPa.
+* Mixed sizes share one padded batch (``Crystals`` padding); padded atoms have no neighbors and
+  feel no force.
+
+>>> import numpy as np, jaxcsp as jc
+>>> from jaxcsp import potentials
+>>> c = jc.Crystals.create(np.eye(3) * 1.6, [[0.0, 0.0, 0.0]], [18])
+>>> r = calculate(potentials.lennard_jones(sigma=1.0, epsilon=1.0, cutoff=2.5), c)
+>>> r.energy.shape, r.forces.shape, r.stress.shape
+((1,), (1, 1, 3), (1, 3, 3))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcsp.crystal import Crystals
+from jaxcsp.potentials._base import Potential, check_species
+
+__all__ = [
+    "Results",
+    "build_neighbors",
+    "calculate",
+    "calculate_energy",
+    "calculate_with_neighbors",
+    "energies",
+    "energy_single",
+]
+
+Array = jax.Array
+
+#: Neighbor capacities are rounded up to a multiple of this, so small changes in the data reuse
+#: the same compiled program.
+CAPACITY_QUANTUM = 8
+
+
+class Results(NamedTuple):
+    """Energies, forces and stresses of a batch.
+
+    Attributes:
+      energy: ``(B,)`` total energies in eV (float dtype of the crystals, at least float32).
+      forces: ``(B, N, 3)`` forces ``-∂E/∂r`` in eV/Å; zero on padded atoms.
+      stress: ``(B, 3, 3)`` stress ``(1/V) ∂E/∂ε`` in eV/Å³ (ASE sign convention, symmetric).
+    """
+
+    energy: Array
+    forces: Array
+    stress: Array
+
+
+def _deformed(crystal: Crystals, displacement: Array, strain: Array) -> Crystals:
+    """Displace atoms by ``displacement (N, 3)`` Å, then strain the cell by ``1 + sym(strain)``."""
+    lattice = crystal.lattice
+    eye = jnp.eye(3, dtype=lattice.dtype)
+    sym = 0.5 * (strain + strain.T)
+    frac = crystal.frac + displacement @ jnp.linalg.inv(lattice)
+    return crystal.replace(lattice=lattice @ (eye + sym), frac=frac)
+
+
+def energy_single(potential: Potential, crystal: Crystals, neighbors: Any = None) -> Array:
+    """Energy of ONE crystal, ``()`` eV (alias of ``potential.energy``)."""
+    return potential.energy(crystal, neighbors)
+
+
+def _efs_single(potential: Potential, crystal: Crystals, neighbors: Any) -> tuple:
+    dtype = crystal.frac.dtype
+    u0 = jnp.zeros(crystal.frac.shape, dtype)
+    e0 = jnp.zeros((3, 3), crystal.lattice.dtype)
+
+    def fn(u, eps):
+        return potential.energy(_deformed(crystal, u, eps), neighbors)
+
+    energy, (du, deps) = jax.value_and_grad(fn, argnums=(0, 1))(u0, e0)
+    volume = jnp.abs(jnp.linalg.det(crystal.lattice))
+    forces = jnp.where(crystal.mask[:, None], -du, jnp.zeros_like(du))
+    stress = 0.5 * (deps + deps.T) / volume
+    return energy, forces, stress
+
+
+def calculate_with_neighbors(
+    potential: Potential, crystals: Crystals, neighbors: Any = None
+) -> Results:
+    """Energy, forces and stress of a batch with precomputed neighbor lists (jit-safe).
+
+    Args:
+      potential: any :class:`~jaxcsp.potentials.Potential`.
+      crystals: batch ``lattice (B, 3, 3)`` Å, ``frac (B, N, 3)``, ``species (B, N)``,
+        ``mask (B, N)``.
+      neighbors: :class:`~jaxcsp.neighbors.Neighbors` of the same batch built with a cutoff
+        ``>= potential.cutoff`` (a skin is fine); ``None`` for potentials with ``cutoff=None``.
+        Check ``neighbors.overflow`` yourself when lists come from ``update``.
+
+    Returns:
+      :class:`Results` (energy ``(B,)`` eV, forces ``(B, N, 3)`` eV/Å, stress ``(B, 3, 3)``
+      eV/Å³).
+    """
+    if neighbors is None:
+        e, f, s = jax.vmap(lambda c: _efs_single(potential, c, None))(crystals)
+    else:
+        e, f, s = jax.vmap(lambda c, n: _efs_single(potential, c, n))(crystals, neighbors)
+    return Results(e, f, s)
+
+
+def energies(potential: Potential, crystals: Crystals, neighbors: Any = None) -> Array:
+    """Energies ``(B,)`` eV of a batch with precomputed neighbor lists (jit-safe, no gradients).
+
+    Args:
+      potential: any :class:`~jaxcsp.potentials.Potential`.
+      crystals: batch of ``B`` crystals.
+      neighbors: lists of the batch (``None`` when ``potential.cutoff`` is ``None``).
+
+    Returns:
+      ``(B,)`` energies in eV.
+    """
+    if neighbors is None:
+        return jax.vmap(lambda c: potential.energy(c, None))(crystals)
+    return jax.vmap(potential.energy)(crystals, neighbors)
+
+
+_calculate_jit = jax.jit(calculate_with_neighbors)
+_energies_jit = jax.jit(energies)
+
+
+def build_neighbors(
+    potential: Potential,
+    crystals: Crystals,
+    *,
+    skin: float = 0.0,
+    method: str = "auto",
+) -> Any:
+    """Neighbor lists for ``potential`` on a concrete batch (host side; ``None`` if not needed).
+
+    The capacity is counted from the data, rounded up to a multiple of
+    :data:`CAPACITY_QUANTUM` and re-allocated on overflow, so the list is never truncated.
+
+    Args:
+      potential: the potential (its ``cutoff`` in Å).
+      crystals: concrete batch.
+      skin: extra radius in Å (Verlet skin for relaxers); the energy is unchanged by it.
+      method: neighbor-list backend (``"auto"``, ``"xla"``, ``"pallas"``).
+
+    Returns:
+      :class:`~jaxcsp.neighbors.Neighbors` with ``overflow`` all False, or ``None``.
+    """
+    if potential.cutoff is None:
+        return None
+    from jaxcsp import neighbors as nb
+
+    cutoff = float(potential.cutoff) + float(skin)
+    spec = nb.neighbor_list_spec(crystals, cutoff, method=method, capacity_headroom=0.0)
+    k = CAPACITY_QUANTUM * max(1, math.ceil(spec.max_neighbors / CAPACITY_QUANTUM))
+    return nb.neighbor_list(crystals, cutoff, max_neighbors=k, method=method)
+
+
+def calculate(
+    potential: Potential,
+    crystals: Crystals,
+    *,
+    neighbors: Any = None,
+    method: str = "auto",
+    source: str | None = None,
+) -> Results:
+    """Energy, forces and stress of a batch of crystals (host entry point, jitted inside).
+
+    Args:
+      potential: any :class:`~jaxcsp.potentials.Potential`.
+      crystals: concrete batch (mixed sizes are padded into one :class:`Crystals`).
+      neighbors: optional precomputed lists (cutoff ``>= potential.cutoff``); built here when
+        ``None``.
+      method: neighbor-list backend.
+      source: name used in error messages.
+
+    Returns:
+      :class:`Results`: energy ``(B,)`` eV, forces ``(B, N, 3)`` eV/Å (zero on padding),
+      stress ``(B, 3, 3)`` eV/Å³ (ASE sign convention).
+
+    Raises:
+      InvalidStructureError: an element the potential does not cover (naming the structure), or
+        a degenerate cell.
+    """
+    check_species(potential, crystals, source=source)
+    if neighbors is None:
+        neighbors = build_neighbors(potential, crystals, method=method)
+    elif bool(np.any(np.asarray(neighbors.overflow))):
+        from jaxcsp.errors import InvalidStructureError
+
+        b = int(np.argmax(np.asarray(neighbors.overflow)))
+        raise InvalidStructureError(
+            "neighbor list overflowed; rebuild it", index=b, field="neighbors", source=source
+        )
+    return _calculate_jit(potential, crystals, neighbors)
+
+
+def calculate_energy(
+    potential: Potential, crystals: Crystals, *, neighbors: Any = None, method: str = "auto"
+) -> Array:
+    """Energies only, ``(B,)`` eV (host entry point; cheaper than :func:`calculate`)."""
+    check_species(potential, crystals)
+    if neighbors is None:
+        neighbors = build_neighbors(potential, crystals, method=method)
+    return _energies_jit(potential, crystals, neighbors)

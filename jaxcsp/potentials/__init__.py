@@ -1,0 +1,25 @@
+"""Interatomic potentials: a small ``Potential`` protocol and classical models on multi-image lists.
+
+* :class:`Potential` — pure energy of one crystal and its neighbors (see :mod:`._base`).
+* Pair potentials: :func:`lennard_jones`, :func:`morse`, :func:`buckingham` (+ DSF Coulomb).
+* Many-body: :func:`stillinger_weber` (Si defaults), :func:`tersoff` (LAMMPS parameter files).
+* :mod:`jaxcsp.potentials.external` — pretrained MLIPs (SevenNet-0, CHGNet) bridged into JAX
+  (optional extra ``mlip``); :mod:`jaxcsp.potentials.ase_calculator` — ASE adapters.
+
+Energies, forces and stresses of batches come from :func:`jaxcsp.calculator.calculate`.
+"""
+
+from jaxcsp.potentials._base import Potential, check_species
+from jaxcsp.potentials._manybody import stillinger_weber, tersoff
+from jaxcsp.potentials._pair import COULOMB_CONSTANT, buckingham, lennard_jones, morse
+
+__all__ = [
+    "COULOMB_CONSTANT",
+    "Potential",
+    "buckingham",
+    "check_species",
+    "lennard_jones",
+    "morse",
+    "stillinger_weber",
+    "tersoff",
+]
