@@ -4,6 +4,12 @@ Host side (numpy) builds batches and index maps; device side (:func:`reconstruct
 gather + einsum that jit, vmap and grad go through. See the submodules' docstrings.
 """
 
+from jaxcsp.symmetry._generate import (
+    GenerationError,
+    min_distance_margin,
+    random_crystals,
+    spglib_space_groups,
+)
 from jaxcsp.symmetry._lattice import (
     cell_parameters,
     cell_rule,
@@ -19,6 +25,11 @@ from jaxcsp.symmetry._tables import (
     space_group_symbol,
     wyckoff_index,
     wyckoff_positions,
+)
+from jaxcsp.symmetry._wpc import (
+    compatible_space_groups,
+    parse_composition,
+    wyckoff_combinations,
 )
 from jaxcsp.symmetry._wyckoff import (
     DEFAULT_BOUNDS,
@@ -40,10 +51,12 @@ __all__ = [
     "CRYSTAL_SYSTEMS",
     "DEFAULT_BOUNDS",
     "Bounds",
+    "GenerationError",
     "WyckoffCrystals",
     "WyckoffPosition",
     "cell_parameters",
     "cell_rule",
+    "compatible_space_groups",
     "crystal_system",
     "denormalize_cell",
     "expand_cell",
@@ -51,15 +64,20 @@ __all__ = [
     "from_pyxtal",
     "from_tabular",
     "lattice_matrix",
+    "min_distance_margin",
     "normalize_cell",
     "num_lattice_free",
     "num_wyckoff_positions",
+    "parse_composition",
+    "random_crystals",
     "reconstruct",
     "space_group_symbol",
+    "spglib_space_groups",
     "to_pyxtal",
     "to_tabular",
     "validate_free_variables",
     "with_free_variables",
+    "wyckoff_combinations",
     "wyckoff_index",
     "wyckoff_positions",
 ]

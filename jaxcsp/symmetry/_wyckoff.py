@@ -134,9 +134,9 @@ class WyckoffCrystals:
         return dataclasses.replace(self, **changes)
 
     def take(self, indices: Any) -> WyckoffCrystals:
-        """Sub-batch ``indices`` (keeps the padded S and N)."""
+        """Sub-batch ``indices`` (host-side gather; keeps the padded S and N)."""
         idx = np.asarray(indices)
-        return jax.tree_util.tree_map(lambda x: x[idx], self)
+        return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[idx]), self)
 
     @classmethod
     def create(
@@ -213,7 +213,7 @@ class WyckoffCrystals:
                 raise InvalidStructureError(
                     f"cell parameters {c.tolist()} are not a valid cell", index=i, field="cell"
                 )
-            if not np.all(np.isfinite(np.asarray(lattice_matrix(c)))):
+            if not _valid_angles(c[3:]):
                 raise InvalidStructureError(
                     f"cell angles {c[3:].tolist()} do not form a cell", index=i, field="cell"
                 )
@@ -265,6 +265,13 @@ class WyckoffCrystals:
             atom_op=jnp.asarray(atom_op),
             atom_mask=jnp.asarray(atom_mask),
         )
+
+
+def _valid_angles(angles_deg: np.ndarray) -> np.ndarray:
+    """Whether angles (degrees, last axis 3) form a cell (positive squared volume factor)."""
+    c = np.cos(np.deg2rad(angles_deg))
+    g = 1 - np.sum(c**2, axis=-1) + 2 * np.prod(c, axis=-1)
+    return g > 1e-12
 
 
 def _species_number(z: Any, i: int) -> int:
