@@ -1,0 +1,256 @@
+"""SO(3) power spectrum: PyXtal reference, invariances, periodic images, gradients, dtypes."""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.geometry import cellpar_to_cell
+from ase.io import read
+from scipy.spatial.transform import Rotation
+
+import jaxcsp.io as jio
+from jaxcsp.crystal import Crystals
+from jaxcsp.descriptors import num_so3_components, so3_basis, so3_power_spectrum
+from jaxcsp.descriptors._so3 import _radial_exact, _real_sph_harm
+from jaxcsp.errors import InvalidStructureError
+from jaxcsp.neighbors import neighbor_list, neighbor_list_spec, update
+
+DATA = pathlib.Path(__file__).resolve().parents[1] / "jaxcsp" / "data" / "structures"
+
+
+def pyxtal_so3(**kw):
+    """PyXtal's SO3 calculator; shims ``scipy.special.sph_harm`` (removed in scipy 1.17)."""
+    import scipy.special as sp
+
+    if not hasattr(sp, "sph_harm"):
+        # old signature sph_harm(m, l, azimuth, polar) -> new sph_harm_y(l, m, polar, azimuth)
+        sp.sph_harm = lambda m, l, az, pol: sp.sph_harm_y(l, m, pol, az)
+    from pyxtal.lego.SO3 import SO3
+
+    return SO3(**kw)
+
+
+def assert_spectra_close(ours, ref, rel=1e-8):
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    assert ours.shape == ref.shape
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(ours, ref, rtol=rel, atol=rel * scale)
+
+
+@pytest.mark.parametrize("name", ["graphite", "diamond"])
+def test_shipped_structures_match_pyxtal(name):
+    atoms = read(DATA / f"{name}.cif")
+    # PyXtal looks only at the 27 neighboring cells: compare on a cell wider than rcut
+    atoms = atoms.repeat((2, 2, 1)) if name == "graphite" else atoms
+    ref = pyxtal_so3(nmax=2, lmax=4, rcut=2.0, alpha=1.5).compute_p(atoms)
+    c = jio.from_ase([atoms])
+    p = so3_power_spectrum(c)
+    assert p.shape == (1, len(atoms), 15) and p.dtype == jnp.float64
+    assert_spectra_close(p[0], ref)
+
+
+def _random_structures(rng, n, rcut, elements, max_atoms):
+    out = []
+    while len(out) < n:
+        lengths = rng.uniform(rcut * 1.15, rcut * 2.5, 3)
+        angles = rng.uniform(60, 120, 3)
+        lat = cellpar_to_cell(np.concatenate([lengths, angles]))
+        vol = abs(np.linalg.det(lat))
+        widths = vol / np.linalg.norm(np.cross(lat[[1, 2, 0]], lat[[2, 0, 1]]), axis=1)
+        if widths.min() <= rcut * 1.01:  # PyXtal's 27-image search needs cells wider than rcut
+            continue
+        k = int(rng.integers(1, max_atoms + 1))
+        frac = rng.uniform(0, 1, (k, 3))
+        numbers = rng.choice(elements, k)
+        rot = Rotation.random(random_state=int(rng.integers(2**31))).as_matrix()
+        out.append(Atoms(numbers=numbers, scaled_positions=frac, cell=lat @ rot.T, pbc=True))
+    return out
+
+
+SETTINGS = [
+    # nmax, lmax, rcut, alpha, weight_on, count
+    (2, 4, 2.0, 1.5, False, 30),
+    (3, 3, 3.0, 2.0, True, 30),
+    (4, 6, 2.5, 1.0, True, 25),
+    (1, 2, 3.5, 0.7, False, 25),
+]
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: f"n{s[0]}l{s[1]}rc{s[2]}a{s[3]}w{s[4]}")
+def test_random_structures_match_pyxtal(setting):
+    nmax, lmax, rcut, alpha, weight_on, count = setting
+    rng = np.random.default_rng(nmax * 100 + lmax)
+    structures = _random_structures(rng, count, rcut, [1, 6, 8, 14, 26], 8)
+    c = jio.from_ase(structures, max_atoms=8)
+    p = np.asarray(
+        so3_power_spectrum(c, nmax=nmax, lmax=lmax, rcut=rcut, alpha=alpha, weight_on=weight_on)
+    )
+    assert p.shape == (count, 8, num_so3_components(nmax, lmax))
+    calc = pyxtal_so3(nmax=nmax, lmax=lmax, rcut=rcut, alpha=alpha, weight_on=weight_on)
+    for b, atoms in enumerate(structures):
+        ref = calc.compute_p(atoms)
+        assert_spectra_close(p[b, : len(atoms)], ref)
+        assert np.all(p[b, len(atoms) :] == 0.0)
+
+
+def test_radial_basis_matches_quadrature():
+    for setting in [(2, 4, 2.0, 1.5), (5, 7, 4.0, 2.5)]:
+        basis = so3_basis(*setting)
+        r = np.linspace(0, setting[2], 257)
+        exact = _radial_exact(r, *setting).reshape(len(r), -1)
+        approx = np.polynomial.chebyshev.chebval(2 * r / setting[2] - 1, basis.cheb).T
+        assert np.abs(approx - exact).max() < 1e-12 * np.abs(exact).max()
+
+
+def test_real_harmonics_addition_theorem():
+    # sum_m Y_lm(a) Y_lm(b) = (2l + 1) / (4 pi) P_l(a . b) with orthonormal harmonics
+    from scipy.special import eval_legendre
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 50, 3))
+    a /= np.linalg.norm(a, axis=-1, keepdims=True)
+    b /= np.linalg.norm(b, axis=-1, keepdims=True)
+    lmax = 8
+    basis = so3_basis(1, lmax, 2.0, 1.0)
+    ya = np.asarray(_real_sph_harm(jnp.asarray(a), lmax, basis.ylm_norm))
+    yb = np.asarray(_real_sph_harm(jnp.asarray(b), lmax, basis.ylm_norm))
+    for l in range(lmax + 1):
+        q = basis.l_of_q == l
+        lhs = np.sum(ya[:, q] * yb[:, q], axis=-1)
+        rhs = (2 * l + 1) / (4 * np.pi) * eval_legendre(l, np.sum(a * b, axis=-1))
+        np.testing.assert_allclose(lhs, rhs, rtol=1e-12, atol=1e-13)
+
+
+@functools.cache
+def _small_batch():
+    rng = np.random.default_rng(7)
+    return _random_structures(rng, 3, 2.0, [6, 7], 6)
+
+
+def test_rotation_translation_permutation_invariance():
+    structures = _small_batch()
+    c = jio.from_ase(structures, max_atoms=6)
+    p = np.asarray(so3_power_spectrum(c, weight_on=True))
+    # rotation (and reflection) of the whole crystal: same spectra
+    rot = Rotation.random(random_state=3).as_matrix()
+    refl = np.diag([1.0, -1.0, 1.0])
+    for m in (rot, rot @ refl):
+        c2 = c.replace(lattice=c.lattice @ jnp.asarray(m.T))
+        np.testing.assert_allclose(so3_power_spectrum(c2, weight_on=True), p, atol=1e-11)
+    # rigid translation (also by non-lattice vectors, unwrapped coordinates): same spectra
+    c3 = c.replace(frac=c.frac + jnp.asarray([0.37, -1.21, 2.5]))
+    np.testing.assert_allclose(so3_power_spectrum(c3, weight_on=True), p, atol=1e-11)
+    # permutation of atoms (inside the real atoms of each crystal): permuted spectra
+    perm = np.arange(6)
+    n0 = len(structures[0])
+    perm[:n0] = np.random.default_rng(1).permutation(n0)
+    c4 = c.replace(frac=c.frac[:, perm], species=c.species[:, perm], mask=c.mask[:, perm])
+    p4 = np.asarray(so3_power_spectrum(c4, weight_on=True))
+    np.testing.assert_allclose(p4[0], p[0, perm], atol=1e-11)
+
+
+def test_periodic_images_thin_cells_and_supercells():
+    # a cell thinner than rcut: images of an atom's own cell are neighbors. Its spectra must equal
+    # those of the corresponding atoms of a supercell that is wider than rcut (where PyXtal's
+    # 27-image search is exact).
+    lat = cellpar_to_cell([1.3, 1.6, 3.1, 80, 95, 110])
+    atoms = Atoms("CN", scaled_positions=[[0.1, 0.2, 0.3], [0.55, 0.6, 0.8]], cell=lat, pbc=True)
+    sup = atoms.repeat((3, 3, 2))
+    c = jio.from_ase([atoms])
+    cs = jio.from_ase([sup])
+    kw = dict(nmax=3, lmax=4, rcut=3.0, alpha=1.2, weight_on=True)
+    p = np.asarray(so3_power_spectrum(c, **kw))[0]
+    ps = np.asarray(so3_power_spectrum(cs, **kw))[0]
+    ref = pyxtal_so3(**kw).compute_p(sup)
+    assert_spectra_close(ps, ref)
+    np.testing.assert_allclose(
+        ps.reshape(-1, 2, p.shape[-1]),
+        np.broadcast_to(p, (18, 2, 30)),
+        rtol=1e-10,
+        atol=1e-10 * np.abs(p).max(),
+    )
+    # a single atom in a small cubic cell has only images as neighbors
+    one = Crystals.create(np.eye(3) * 1.4, [[0.0, 0.0, 0.0]], [6])
+    p1 = np.asarray(so3_power_spectrum(one))[0, 0]
+    big = Atoms("C", positions=[[0, 0, 0]], cell=np.eye(3) * 1.4, pbc=True).repeat(2)
+    ref1 = pyxtal_so3(nmax=2, lmax=4, rcut=2.0, alpha=1.5).compute_p(big)[0]
+    assert_spectra_close(p1, ref1)
+
+
+def test_gradients_match_finite_differences():
+    structures = _small_batch()[:2]
+    c = jio.from_ase(structures, max_atoms=6)
+    nl = neighbor_list(c, 2.0 * 1.3)  # generous cutoff: fixed list while perturbing
+    w = jnp.asarray(np.random.default_rng(2).normal(size=(2, 6, 15)))
+
+    def f(frac, lattice):
+        cc = c.replace(frac=frac, lattice=lattice)
+        return jnp.sum(w * so3_power_spectrum(cc, neighbors=nl, weight_on=True))
+
+    g_frac, g_lat = jax.jit(jax.grad(f, argnums=(0, 1)))(c.frac, c.lattice)
+    rng = np.random.default_rng(3)
+    h = 1e-6
+    for _ in range(4):
+        df = jnp.asarray(rng.normal(size=c.frac.shape)) * c.mask[..., None]
+        dl = jnp.asarray(rng.normal(size=c.lattice.shape)) * 0.1
+        fd = (f(c.frac + h * df, c.lattice + h * dl) - f(c.frac - h * df, c.lattice - h * dl)) / (
+            2 * h
+        )
+        an = jnp.sum(g_frac * df) + jnp.sum(g_lat * dl)
+        np.testing.assert_allclose(float(an), float(fd), rtol=1e-6, atol=1e-7 * abs(float(fd)))
+
+
+def test_jit_with_neighbor_update_and_centers():
+    structures = _small_batch()
+    c = jio.from_ase(structures, max_atoms=6)
+    spec = neighbor_list_spec(c, 2.0)
+
+    @jax.jit
+    def spectra(cc, centers):
+        nl = update(spec, cc)
+        return so3_power_spectrum(cc, neighbors=nl, centers=centers), nl.overflow
+
+    centers = jnp.asarray([[0, 2], [1, 0], [0, 0]])
+    p, overflow = spectra(c, centers)
+    assert not bool(overflow.any())
+    full = np.asarray(so3_power_spectrum(c))
+    np.testing.assert_allclose(
+        p, np.take_along_axis(full, np.asarray(centers)[..., None], 1), atol=1e-12
+    )
+    with pytest.raises(InvalidStructureError):
+        jax.jit(lambda cc: so3_power_spectrum(cc))(c)
+    with pytest.raises(InvalidStructureError):
+        so3_power_spectrum(c, neighbors=neighbor_list(c, 1.0))
+    with pytest.raises(InvalidStructureError):
+        so3_power_spectrum(c, nmax=0)
+
+
+def test_float32_smoke():
+    structures = _small_batch()
+    c64 = jio.from_ase(structures, max_atoms=6)
+    c32 = jio.from_ase(structures, max_atoms=6, dtype=jnp.float32)
+    p32 = so3_power_spectrum(c32)
+    assert p32.dtype == jnp.float32
+    p64 = np.asarray(so3_power_spectrum(c64))
+    np.testing.assert_allclose(np.asarray(p32), p64, rtol=1e-4, atol=1e-4 * np.abs(p64).max())
+    g = jax.grad(
+        lambda f: jnp.sum(
+            so3_power_spectrum(c32.replace(frac=f), neighbors=neighbor_list(c32, 2.0))
+        )
+    )(c32.frac)
+    assert g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_coincident_atoms_are_finite():
+    # two atoms on top of each other: spectrum and gradient stay finite (l = 0 sees the pair)
+    c = Crystals.create(np.eye(3) * 3.0, [[0.1, 0.1, 0.1], [0.1, 0.1, 0.1]], [6, 6])
+    nl = neighbor_list(c, 2.0)
+    p = so3_power_spectrum(c, neighbors=nl)
+    g = jax.grad(lambda f: jnp.sum(so3_power_spectrum(c.replace(frac=f), neighbors=nl)))(c.frac)
+    assert bool(jnp.all(jnp.isfinite(p))) and bool(jnp.all(jnp.isfinite(g)))
