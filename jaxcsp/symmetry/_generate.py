@@ -92,15 +92,20 @@ _SHIFTS = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (
 
 
 def _margin_one(lattice, frac, radius, mask, factor):
+    """Smallest ``d_ij - tol_ij`` over pairs and the 27 nearest images, one crystal."""
     d = frac[:, None, :] - frac[None, :, :]
     d = d - jnp.round(d)
-    vec = (d[:, :, None, :] + jnp.asarray(_SHIFTS, frac.dtype)) @ lattice  # (N,N,27,3)
-    r = jnp.sqrt(jnp.sum(vec**2, axis=-1) + 1e-300)
+    cart = d @ lattice  # (N,N,3)
     tol = factor * (radius[:, None] + radius[None, :])
-    n = frac.shape[0]
-    self_zero = jnp.eye(n, dtype=bool)[:, :, None] & (jnp.arange(27) == 13)[None, None, :]
-    valid = (mask[:, None] & mask[None, :])[:, :, None] & ~self_zero
-    return jnp.min(jnp.where(valid, r - tol[:, :, None], jnp.inf))
+    pair = mask[:, None] & mask[None, :]
+    not_self = ~jnp.eye(frac.shape[0], dtype=bool)
+    best = jnp.asarray(jnp.inf, frac.dtype)
+    for k, shift in enumerate(_SHIFTS):  # unrolled: memory stays O(N^2)
+        v = cart + jnp.asarray(shift, frac.dtype) @ lattice
+        r = jnp.sqrt(jnp.sum(v * v, axis=-1))
+        valid = pair if k != 13 else pair & not_self
+        best = jnp.minimum(best, jnp.min(jnp.where(valid, r - tol, jnp.inf)))
+    return best
 
 
 @jax.jit
@@ -121,6 +126,8 @@ def _bucket(b: int, chunk: int) -> int:
 def _crystal_margins(c: Crystals, distance_factor: float, chunk: int) -> np.ndarray:
     radius = jnp.asarray(COVALENT_RADII, c.frac.dtype)
     b = c.batch_size
+    n = max(c.max_atoms, 1)
+    chunk = max(1, min(chunk, 1 << int(np.log2(max(4e6 / (n * n), 1)))))
     size = _bucket(b, chunk)  # power-of-two buckets: few compilations
     host = jax.tree_util.tree_map(np.asarray, c)
     out = []
