@@ -80,3 +80,13 @@ def test_bad_label():
     with pytest.raises(InvalidStructureError) as e:
         wyckoff_index(225, "7z")
     assert e.value.field == "wyckoff"
+
+
+@pytest.mark.parametrize("module", ["_tables", "_wpc", "_wyckoff", "_lattice", "_generate"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"jaxcsp.symmetry.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0

@@ -337,6 +337,10 @@ def test_non_finite_free_variables_detected():
     with pytest.raises(InvalidStructureError) as e:
         validate_free_variables(wc)
     assert e.value.index == 3 and e.value.field == "coords"
+    with pytest.raises(InvalidStructureError) as e:
+        reconstruct(wc)  # eager calls check; traced calls cannot
+    assert e.value.index == 3 and e.value.field == "coords"
+    assert np.isnan(np.asarray(_reconstruct(wc).frac[3])).any()
     wc = _wc_sample()
     wc = wc.replace(cell=wc.cell.at[6, 0].set(jnp.inf))
     with pytest.raises(InvalidStructureError) as e:

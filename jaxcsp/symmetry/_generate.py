@@ -28,6 +28,7 @@ raises the symmetry (e.g. Si4O8 in P6cc: only sites on the 6-fold axes) is simpl
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -158,9 +159,12 @@ def _spglib_numbers(c: Crystals, indices, symprec: float) -> np.ndarray:
     out = []
     for i in indices:
         m = mask[i]
-        ds = spglib.get_symmetry_dataset(
-            (lat[i].astype(np.float64), frac[i][m].astype(np.float64), sp[i][m]), symprec=symprec
-        )
+        with warnings.catch_warnings():  # spglib's own OLD_ERROR_HANDLING deprecation notice
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds = spglib.get_symmetry_dataset(
+                (lat[i].astype(np.float64), frac[i][m].astype(np.float64), sp[i][m]),
+                symprec=symprec,
+            )
         out.append(0 if ds is None else ds.number)
     return np.asarray(out, int)
 

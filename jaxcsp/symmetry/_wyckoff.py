@@ -34,7 +34,12 @@ from jaxcsp.crystal import Crystals
 from jaxcsp.elements import atomic_numbers, chemical_symbols
 from jaxcsp.errors import InvalidStructureError
 from jaxcsp.symmetry._lattice import cell_rule, expand_cell, lattice_matrix
-from jaxcsp.symmetry._tables import _check_spg, _global_wp, _tables, wyckoff_positions
+from jaxcsp.symmetry._tables import (
+    _check_spg,
+    _global_wp,
+    _tables,
+    wyckoff_positions,
+)
 
 __all__ = [
     "DEFAULT_BOUNDS",
@@ -360,7 +365,22 @@ def reconstruct(wc: WyckoffCrystals, *, wrap: bool = True) -> Crystals:
       ``Crystals`` with ``lattice (B,3,3)`` (Å, PyXtal's "upper" cell), ``frac (B,N,3)``,
       ``species (B,N) int32`` (0 on padding) and ``mask (B,N)``; float dtype of ``wc.cell``.
       Rank-1 inputs (one crystal, leaves without the batch axis) give unbatched fields.
+
+    Raises:
+      InvalidStructureError: on concrete (not traced) input with non-finite free variables or
+        an invalid cell, naming the structure and the field (see
+        :func:`validate_free_variables`). Under ``jit`` no check is possible; NaNs propagate.
+
+    Example:
+      >>> from jaxcsp.symmetry import WyckoffCrystals, reconstruct, wyckoff_index
+      >>> wc = WyckoffCrystals.create([227], [[wyckoff_index(227, "8a")]], [["C"]],
+      ...                             [[3.57, 3.57, 3.57, 90, 90, 90]], [[[0.0, 0.0, 0.0]]])
+      >>> c = reconstruct(wc)
+      >>> c.frac.shape, int(c.num_atoms[0])
+      ((1, 8, 3), 8)
     """
+    if not any(isinstance(x, jax.core.Tracer) for x in (wc.cell, wc.coords)):
+        validate_free_variables(wc)
     dtype = jnp.result_type(wc.coords.dtype, wc.cell.dtype)
     rot_t, trans_t = _op_table(np.dtype(dtype))
     cell = expand_cell(wc.cell, wc.cell_source, wc.cell_fixed.astype(wc.cell.dtype))
@@ -456,27 +476,40 @@ def with_free_variables(
     return wc.replace(cell=cell, coords=coords)
 
 
+def _expand_cell_np(wc: WyckoffCrystals) -> np.ndarray:
+    cell = np.asarray(wc.cell, np.float64).reshape(-1, 6)
+    src = np.asarray(wc.cell_source).reshape(-1, 6)
+    fixed = np.asarray(wc.cell_fixed, np.float64).reshape(-1, 6)
+    return np.where(src >= 0, np.take_along_axis(cell, np.maximum(src, 0), axis=-1), fixed)
+
+
 def validate_free_variables(wc: WyckoffCrystals) -> WyckoffCrystals:
     """Host check that the free variables of real sites are finite and the cells valid.
+
+    :func:`reconstruct` runs it automatically on concrete (non-traced) input.
+
+    Returns:
+      ``wc`` unchanged.
 
     Raises:
       InvalidStructureError: naming the first bad structure and field ``"cell"``/``"coords"``.
     """
-    cell = np.asarray(expand_cell(wc.cell, wc.cell_source, wc.cell_fixed.astype(wc.cell.dtype)))
+    cell = _expand_cell_np(wc)
     bad = ~np.all(np.isfinite(cell), axis=-1)
     if bad.any():
         raise InvalidStructureError(
             "cell parameters are not finite", index=int(np.argmax(bad)), field="cell"
         )
-    bad = ~np.all(np.isfinite(np.asarray(lattice_matrix(cell))), axis=(-1, -2))
-    bad |= np.any(cell[:, :3] <= 0, axis=-1)
+    bad = ~_valid_angles(cell[:, 3:]) | np.any(cell[:, :3] <= 0, axis=-1)
+    bad |= np.any((cell[:, 3:] <= 0) | (cell[:, 3:] >= 180), axis=-1)
     if bad.any():
         i = int(np.argmax(bad))
         raise InvalidStructureError(
             f"cell {cell[i].tolist()} is not a valid cell", index=i, field="cell"
         )
-    xyz = np.asarray(wc.coords)
-    bad = np.any(~np.isfinite(xyz).all(-1) & np.asarray(wc.site_mask), axis=-1)
+    xyz = np.asarray(wc.coords).reshape(len(cell), -1, 3)
+    site_mask = np.asarray(wc.site_mask).reshape(len(cell), -1)
+    bad = np.any(~np.isfinite(xyz).all(-1) & site_mask, axis=-1)
     if bad.any():
         raise InvalidStructureError(
             "coordinates are not finite", index=int(np.argmax(bad)), field="coords"
