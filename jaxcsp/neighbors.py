@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import pallas_kernels.neighbor_list as _pk
 from jaxcsp.crystal import Crystals
 from jaxcsp.errors import InvalidStructureError, JaxcspError
 
@@ -65,9 +66,9 @@ __all__ = [
 
 Array = jax.Array
 
-#: Fractional-coordinate margin added to the image interval (candidates are over-, never
+#: Fractional-coordinate margin of the per-pair image interval (candidates are over-, never
 #: under-enumerated; the distance test is exact).
-_FRAC_EPS = 1e-6
+_FRAC_EPS = _pk.FRAC_EPS
 #: Methods accepted by :func:`neighbor_list`.
 METHODS = ("auto", "xla", "pallas")
 #: Upper bound on candidate images per pair (guards against absurd cutoff / width ratios).
@@ -260,155 +261,57 @@ def _wrap(frac: Array) -> tuple[Array, Array]:
     return w, o.astype(jnp.int32)
 
 
-def _decode(t: Array, images: tuple[int, int, int]) -> Array:
-    """Candidate number ``t`` in ``[0, M)`` -> offset ``(..., 3)`` int32 in the image box."""
-    _, m2, m3 = images
-    return jnp.stack([t // (m2 * m3), (t // m3) % m2, t % m3], axis=-1).astype(jnp.int32)
-
-
-def _image_box(images: tuple[int, int, int]) -> np.ndarray:
-    """All offsets of the image box, ``(M, 3)`` int32 (row-major, matches :func:`_decode`)."""
-    m1, m2, m3 = images
-    g = np.stack(np.meshgrid(np.arange(m1), np.arange(m2), np.arange(m3), indexing="ij"), -1)
-    return g.reshape(-1, 3).astype(np.int32)
-
-
-def pair_lower_shift(w_i: Array, w_j: Array, x: Array) -> Array:
-    """Smallest admissible image shift of pairs, ``ceil(-x - (w_j - w_i) - eps)``.
-
-    Shared by the XLA path, the Pallas wrapper and the reference so that the enumeration of
-    candidate images is bit-identical everywhere.
-
-    Args:
-      w_i: ``(..., 3)`` wrapped fractional coordinates of atom ``i``.
-      w_j: ``(..., 3)`` wrapped fractional coordinates of atom ``j``.
-      x: ``(..., 3)`` reduced cutoffs ``cutoff / width`` (broadcastable).
-
-    Returns:
-      ``(..., 3)`` int32 lower shifts.
-    """
-    return jnp.ceil(-x - (w_j - w_i) - _FRAC_EPS).astype(jnp.int32)
-
-
-# ---------------------------------------------------------------------- candidate test (XLA)
-
-
-def _candidates_xla(
-    w: Array, lattice: Array, mask: Array, x: Array, cutoff: Array, images: tuple[int, int, int]
-) -> Array:
-    """Candidate test for one crystal: ``(N, N, M)`` bool, True where pair image is a neighbor."""
-    n = w.shape[0]
-    box = jnp.asarray(_image_box(images), w.dtype)  # (M, 3)
-    lo = pair_lower_shift(w[:, None, :], w[None, :, :], x)  # (N, N, 3)
-    base = (w[None, :, :] - w[:, None, :] + lo.astype(w.dtype)) @ lattice  # (N, N, 3) Å
-    offs = box @ lattice  # (M, 3) Å: image offsets added on the fly
-    d = base[:, :, None, :] + offs[None, None, :, :]
-    d2 = jnp.sum(d * d, axis=-1)  # (N, N, M)
-    ok = d2 < cutoff * cutoff
-    pair_ok = mask[:, None] & mask[None, :]
-    ok = ok & pair_ok[:, :, None]
-    # The zero-shift self pair: i == j and lo + t == 0.
-    eye = jnp.eye(n, dtype=bool)
-    self_t = jnp.all(lo[:, :, None, :] + box.astype(jnp.int32)[None, None] == 0, axis=-1)
-    return ok & ~(eye[:, :, None] & self_t)
-
-
-# ---------------------------------------------------------------------- compaction
-
-
-def _compact_rows(valid: Array, capacity: int) -> tuple[Array, Array, Array]:
-    """Compact the True entries of each row of ``valid (R, C)`` into ``capacity`` slots.
-
-    Returns:
-      ``src (R, K)`` int32 column of each slot (0 in unused slots), ``slot_mask (R, K)`` bool and
-      ``count (R,)`` int32 total True entries per row (may exceed ``K``).
-    """
-    r, c = valid.shape
-    csum = jnp.cumsum(valid.astype(jnp.int32), axis=-1)
-    count = csum[:, -1]
-    dest = jnp.where(valid & (csum <= capacity), csum - 1, capacity)
-    cols = jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32), (r, c))
-    rows = jnp.broadcast_to(jnp.arange(r, dtype=jnp.int32)[:, None], (r, c))
-    src = jnp.zeros((r, capacity), jnp.int32).at[rows, dest].set(cols, mode="drop")
-    slot_mask = jnp.arange(capacity, dtype=jnp.int32)[None, :] < count[:, None]
-    return src, slot_mask, count
-
-
-def _finalize_one(
-    valid: Array, w: Array, o: Array, x: Array, spec_images: tuple[int, int, int], capacity: int
-) -> tuple[Array, Array, Array, Array]:
-    """From ``valid (N, N, M)`` of one crystal to ``(index, shift, mask, max_count)``."""
-    n = w.shape[0]
-    m = valid.shape[-1]
-    src, slot_mask, count = _compact_rows(valid.reshape(n, n * m), capacity)
-    j = src // m
-    t = src % m
-    j = jnp.where(slot_mask, j, jnp.arange(n, dtype=jnp.int32)[:, None])
-    w_j = w[j]  # (N, K, 3)
-    lo = pair_lower_shift(w[:, None, :], w_j, x)
-    s = lo + _decode(t, spec_images)
-    shift = s + o[:, None, :] - o[j]
-    shift = jnp.where(slot_mask[..., None], shift, 0)
-    return j.astype(jnp.int32), shift.astype(jnp.int32), slot_mask, jnp.max(count)
-
-
-def _chunked_map(fn, xs: tuple, chunk: int):
-    """``vmap`` over the batch in chunks of ``chunk`` crystals (bounded memory, cache-friendly)."""
-    b = xs[0].shape[0]
-    if b <= chunk:
-        return jax.vmap(fn)(*xs)
-    return jax.lax.map(lambda args: fn(*args), xs, batch_size=chunk)
-
-
-def _chunk_size(n: int, m: int) -> int:
-    # ~2M candidate entries per chunk keeps the working set in cache-sized pieces.
-    return max(1, (1 << 21) // max(1, n * n * m))
-
-
-# ---------------------------------------------------------------------- core (jit)
-
-
-def _reduced_cutoffs(lattice: Array, cutoff: Any) -> Array:
-    return cutoff / cell_widths(lattice)
-
-
-@functools.partial(jax.jit, static_argnames=("spec",))
-def _update(spec: NeighborListSpec, crystals: Crystals) -> tuple[Neighbors, Array]:
-    lattice, frac, mask = crystals.lattice, crystals.frac, crystals.mask
+@functools.partial(jax.jit, static_argnames=("images", "capacity", "method", "interpret"))
+def _build(
+    lattice: Array,
+    frac: Array,
+    mask: Array,
+    cutoff: Array,
+    *,
+    images: tuple[int, int, int],
+    capacity: int,
+    method: str,
+    interpret: bool,
+) -> tuple[Array, Array, Array, Array, Array]:
+    """Lists with static shapes; ``cutoff`` is traced (one compilation per shape, not cutoff)."""
     dtype = frac.dtype
     lattice = lattice.astype(dtype)
-    cutoff = jnp.asarray(spec.cutoff, dtype)
+    cutoff = jnp.asarray(cutoff, dtype)
     w, o = _wrap(frac)
-    x = _reduced_cutoffs(lattice, cutoff)  # (B, 3)
-    need = _images_needed(x)
-    image_overflow = jnp.any(need > jnp.asarray(spec.images, jnp.int32), axis=-1)
-    n = frac.shape[1]
-    k = spec.max_neighbors
-    if spec.method == "pallas":
-        from pallas_kernels.neighbor_list import candidate_bits, unpack_bits
+    x = cutoff / cell_widths(lattice)  # (B, 3)
+    image_overflow = jnp.any(_images_needed(x) > jnp.asarray(images, jnp.int32), axis=-1)
+    raw = _pk.neighbor_list(
+        w,
+        lattice,
+        mask,
+        x,
+        cutoff,
+        images=images,
+        max_neighbors=capacity,
+        interpret=interpret,
+        use_kernel=method == "pallas",
+    )
+    # Fold the wrap back in: r_j - r_i + shift @ L with the coordinates as given.
+    o_j = jax.vmap(lambda o_b, j_b: o_b[j_b])(o, raw.index)
+    shift = raw.shift + o[:, :, None, :] - o_j
+    shift = jnp.where(raw.mask[..., None], shift, 0)
+    max_count = jnp.max(raw.count, axis=-1, initial=0)
+    overflow = (max_count > capacity) | image_overflow
+    return raw.index, shift, raw.mask, overflow, max_count
 
-        bits = candidate_bits(
-            w, lattice, mask, x, cutoff=spec.cutoff, images=spec.images, interpret=spec.interpret
-        )
 
-        def one(bits_b, w_b, o_b, x_b):
-            valid = unpack_bits(bits_b, spec.num_images)
-            return _finalize_one(valid, w_b, o_b, x_b, spec.images, k)
-
-        index, shift, smask, max_count = _chunked_map(
-            one, (bits, w, o, x), _chunk_size(n, spec.num_images)
-        )
-    else:
-
-        def one(w_b, o_b, lat_b, m_b, x_b):
-            valid = _candidates_xla(w_b, lat_b, m_b, x_b, cutoff, spec.images)
-            return _finalize_one(valid, w_b, o_b, x_b, spec.images, k)
-
-        index, shift, smask, max_count = _chunked_map(
-            one, (w, o, lattice, mask, x), _chunk_size(n, spec.num_images)
-        )
-    overflow = (max_count > k) | image_overflow
-    nl = Neighbors(index=index, shift=shift, mask=smask, overflow=overflow, cutoff=spec.cutoff)
+def _update(spec: NeighborListSpec, crystals: Crystals) -> tuple[Neighbors, Array]:
+    index, shift, mask, overflow, max_count = _build(
+        crystals.lattice,
+        crystals.frac,
+        crystals.mask,
+        jnp.asarray(spec.cutoff, crystals.frac.dtype),
+        images=spec.images,
+        capacity=spec.max_neighbors,
+        method=spec.method,
+        interpret=spec.interpret,
+    )
+    nl = Neighbors(index=index, shift=shift, mask=mask, overflow=overflow, cutoff=spec.cutoff)
     return nl, max_count
 
 
@@ -418,8 +321,18 @@ def update(spec: NeighborListSpec, crystals: Crystals) -> Neighbors:
     Call it every step of a relaxation; check ``overflow`` (per crystal) and rebuild the spec
     with :func:`neighbor_list_spec` on the host when any is set.
 
+    >>> import jax, numpy as np
+    >>> from jaxcsp.crystal import Crystals
+    >>> c = Crystals.create(np.eye(3) * 3.0, [[0, 0, 0], [0.5, 0.5, 0.5]], [11, 17])
+    >>> spec = neighbor_list_spec(c, 3.0)
+    >>> step = jax.jit(update)
+    >>> nl = step(spec, c.replace(frac=c.frac + 0.01))
+    >>> nl.index.shape == (1, 2, spec.max_neighbors), bool(nl.overflow[0])
+    (True, False)
+
     Args:
-      spec: shapes from :func:`neighbor_list_spec` (static).
+      spec: shapes from :func:`neighbor_list_spec` (a leaf-less pytree: pass it as an ordinary
+        or static argument).
       crystals: batch with ``lattice (B, 3, 3)`` Å, ``frac (B, N, 3)``, ``mask (B, N)``.
 
     Returns:

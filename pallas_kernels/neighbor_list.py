@@ -1,0 +1,525 @@
+"""Batched periodic neighbor-list candidate test: Pallas kernel, jitted wrapper, jnp reference.
+
+Layout of this file (STYLE.md #8): the kernel :func:`_candidate_kernel`, the jitted wrapper
+:func:`neighbor_list` (``interpret`` flag, static block sizes, shape checks), the shared pieces
+the XLA path of :mod:`jaxcsp.neighbors` also uses (candidate enumeration, bit compaction), and the
+pure-``jnp`` :func:`neighbor_list_reference` (dense, all images, no pruning: the oracle).
+
+Problem. For every crystal ``b`` of a padded batch, every atom pair ``(i, j)`` and every image
+shift ``s``, decide whether ``|r_j - r_i + s @ L| < cutoff``. Coordinates are wrapped
+(``w`` in ``[0, 1)``); with reduced cutoffs ``x_d = cutoff / width_d`` (perpendicular widths) the
+admissible shifts of a pair along axis ``d`` lie in ``[lo_d, lo_d + m_d)`` with
+``lo_d = ceil(-x_d - Δw_d)`` and ``m_d = floor(2 x_d) + 1`` (static, from the host), so a pair
+has ``M = m_1 m_2 m_3`` candidate images ``s = lo + t``: 1 for a cell wider than two cutoffs, 8 for
+a cell between one and two cutoffs wide, ``7³`` when the cutoff is three cell widths.
+
+Kernel design (the seed's Algorithm 2, "CUDA-accelerated PBC neighbor list", re-tiled):
+
+* **Many crystals per launch.** The grid is ``(B / G, N / T_i, N / T_j, ceil(M / 32))``. A program
+  owns a ``(G, T_i, T_j)`` tile: ``G`` whole crystals stacked along a leading block axis (the
+  batch id of a row is ``program_id(0) * G + g``, which selects that crystal's lattice and
+  cutoffs), so small crystals are batched without cross-crystal waste.
+* **Tiles sized by crystal size.** ``T_i = T_j = min(32, N_pad)`` and ``G = max(1, 1024 /
+  (T_i T_j))``: a 128-atom crystal is split into 16 tiles of 32×32 pairs, sixteen 8-atom
+  crystals share one 16×8×8 tile. Block shapes are powers of two (Triton) and static.
+* **Fused image offsets.** Instead of materialising ``pos + offset`` per image (the seed's
+  "PBC offset" fusion), the program computes the pair base vector ``(Δw + lo) @ L`` once in
+  registers and adds each candidate's offset ``t @ L`` (three scalars per crystal and image)
+  on the fly; nothing per image ever touches global memory.
+* **Bit-packed output.** Each pair writes one 32-bit word per 32 candidate images (bit ``t`` set
+  when image ``lo + t`` is a neighbor), instead of one distance and one mask per image. The
+  (tiny, mostly empty) words are compacted into the fixed-capacity list by
+  :func:`compact_candidates` (XLA) afterwards; slot ``k`` of atom ``i`` decodes to ``j`` and ``t``.
+
+Memory traffic per pair (float32): reads ``3 × 4 B`` of ``w_i`` per tile row and ``3 × 4 B`` of
+``w_j`` per tile column plus ``4 B`` masks, i.e. ``(12 + 4)(1/T_i + 1/T_j) = 1 B`` per pair at
+``T = 32``, plus ``16 × 4 B`` of per-crystal parameters per tile (negligible); writes
+``4 B × ceil(M / 32)`` per pair (4 B for ``M <= 32``). About **5 B per pair**, against the seed's
+``2 × 12 B`` positions read plus ``4 B`` distance and ``1 B`` mask written per pair *and image*
+(~29 B × M). Compute per pair is ~20 flops for the base vector plus ~12 flops and a compare per
+candidate image. On an H100 (3.35 TB/s HBM, ~60 TFLOP/s FP32 non-tensor) a minimum-image batch
+(``M = 1``) is bound by HBM bandwidth at roughly ``3.35e12 / 5 ≈ 6.7e11`` pairs/s; arithmetic
+intensity grows with ``M`` (≈ 12 M flops per 5 B), so the kernel turns compute-bound from about
+``M ≈ 8`` (cells narrower than two cutoffs) at ~4–5e12 candidate images/s. The compaction in
+XLA reads the 4 B words once more and writes 16 B per neighbor slot (index + 3 shift
+components); at realistic densities it costs about as much as the kernel.
+
+The XLA path (:func:`jaxcsp.neighbors.neighbor_list` with ``method="xla"``) enumerates exactly
+the same candidates with ``jnp`` (see :func:`pair_lower_shift`), so the two paths agree bit for
+bit; the reference enumerates all ``prod(2 ceil(x_d) + 1)`` images of a cell-wide search instead
+and is independent of that pruning.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+
+__all__ = [
+    "RawNeighbors",
+    "block_sizes",
+    "candidate_words",
+    "candidate_words_reference",
+    "compact_candidates",
+    "neighbor_list",
+    "neighbor_list_reference",
+    "pair_lower_shift",
+]
+
+Array = jax.Array
+
+#: Fractional-coordinate margin of the per-pair image interval (over-, never under-enumerate).
+FRAC_EPS = 1e-6
+#: Candidate images per output word.
+BITS = 32
+#: Pairs per program (``G × T_i × T_j``).
+TILE_PAIRS = 1024
+#: Largest ``T_i = T_j``.
+MAX_TILE = 32
+#: Per-crystal parameter vector: 9 lattice entries, 3 reduced cutoffs, cutoff², padding.
+NPARAM = 16
+
+
+class RawNeighbors(NamedTuple):
+    """Fixed-capacity neighbor lists as plain arrays.
+
+    Attributes:
+      index: ``(B, N, K)`` int32 neighbor index (the atom itself in unused slots).
+      shift: ``(B, N, K, 3)`` int32 image shift *of the wrapped coordinates* (add ``o_i - o_j``
+        for the given coordinates, see :func:`jaxcsp.neighbors.neighbor_list`).
+      mask: ``(B, N, K)`` bool, real entries.
+      count: ``(B, N)`` int32 number of neighbors found (may exceed ``K``: overflow).
+    """
+
+    index: Array
+    shift: Array
+    mask: Array
+    count: Array
+
+
+# ---------------------------------------------------------------------- shared enumeration
+
+
+def pair_lower_shift(w_i: Array, w_j: Array, x: Array) -> Array:
+    """Smallest admissible image shift of pairs, ``ceil(-x - (w_j - w_i) - eps)``, int32.
+
+    The kernel, the XLA path and the compaction decode all call this expression so that
+    candidate numbering is bit-identical.
+
+    Args:
+      w_i: wrapped fractional coordinate(s) of atom ``i`` (any broadcastable shape).
+      w_j: wrapped fractional coordinate(s) of atom ``j``.
+      x: reduced cutoff(s) ``cutoff / width`` (dimensionless).
+    """
+    return jnp.ceil(-x - (w_j - w_i) - FRAC_EPS).astype(jnp.int32)
+
+
+def decode_image(t: Array, images: tuple[int, int, int]) -> Array:
+    """Candidate number ``t`` in ``[0, M)`` -> offset ``(..., 3)`` int32 inside the image box."""
+    _, m2, m3 = images
+    return jnp.stack([t // (m2 * m3), (t // m3) % m2, t % m3], axis=-1).astype(jnp.int32)
+
+
+def num_words(images: tuple[int, int, int]) -> int:
+    """Output words per pair, ``ceil(M / 32)``."""
+    return -(-math.prod(images) // BITS)
+
+
+def block_sizes(n: int) -> tuple[int, int, int]:
+    """Static tile ``(G, T_i, T_j)`` for crystals padded to ``n`` atoms (powers of two).
+
+    Returns ``T = min(32, next_pow2(n))`` and ``G = max(1, 1024 // T²)`` crystals per program.
+    """
+    t = min(MAX_TILE, 1 << max(3, (max(n, 1) - 1).bit_length()))
+    return max(1, TILE_PAIRS // (t * t)), t, t
+
+
+# ---------------------------------------------------------------------- kernel
+
+
+def _candidate_kernel(
+    wxi_ref,
+    wyi_ref,
+    wzi_ref,
+    mi_ref,
+    wxj_ref,
+    wyj_ref,
+    wzj_ref,
+    mj_ref,
+    p_ref,
+    out_ref,
+    *,
+    images: tuple[int, int, int],
+    bits: int,
+):
+    """One ``(G, T_i, T_j)`` tile of pairs and one 32-image word.
+
+    Bit ``b`` of ``out[g, i, 0, j]`` is set when image ``lo_ij + t`` of atom ``j``, with
+    ``t = 32 * program_id(3) + b``, lies within the cutoff of atom ``i``.
+    """
+    m1, m2, m3 = images
+    total = m1 * m2 * m3
+    g, ti = wxi_ref.shape
+    tj = wxj_ref.shape[1]
+
+    def col(k):  # per-crystal scalar -> (G, 1, 1)
+        return p_ref[:, k][:, None, None]
+
+    lat = [[col(3 * r + c) for c in range(3)] for r in range(3)]
+    x = [col(9 + d) for d in range(3)]
+    rc2 = col(12)
+    wi = [r[...][:, :, None] for r in (wxi_ref, wyi_ref, wzi_ref)]
+    wj = [r[...][:, None, :] for r in (wxj_ref, wyj_ref, wzj_ref)]
+    lo = [pair_lower_shift(wi[d], wj[d], x[d]) for d in range(3)]  # (G, T_i, T_j) int32
+    f = [wj[d] - wi[d] + lo[d].astype(wi[d].dtype) for d in range(3)]
+    base = [f[0] * lat[0][c] + f[1] * lat[1][c] + f[2] * lat[2][c] for c in range(3)]
+    pair_ok = (mi_ref[...][:, :, None] != 0) & (mj_ref[...][:, None, :] != 0)
+    gi = pl.program_id(1) * ti + jax.lax.broadcasted_iota(jnp.int32, (g, ti, tj), 1)
+    gj = pl.program_id(2) * tj + jax.lax.broadcasted_iota(jnp.int32, (g, ti, tj), 2)
+    same = gi == gj
+    word = pl.program_id(3)
+    acc = jnp.zeros((g, ti, tj), jnp.int32)
+    for b in range(bits):  # static unroll: the image offset is fused into the distance
+        t = word * BITS + b
+        t1 = t // (m2 * m3)
+        t2 = (t // m3) % m2
+        t3 = t % m3
+        ft = [t1.astype(wi[0].dtype), t2.astype(wi[0].dtype), t3.astype(wi[0].dtype)]
+        d2 = None
+        for c in range(3):
+            off = ft[0] * lat[0][c] + ft[1] * lat[1][c] + ft[2] * lat[2][c]
+            dc = base[c] + off
+            d2 = dc * dc if d2 is None else d2 + dc * dc
+        self_pair = same & (lo[0] == -t1) & (lo[1] == -t2) & (lo[2] == -t3)
+        ok = (d2 < rc2) & pair_ok & ~self_pair & (t < total)
+        acc = acc | (ok.astype(jnp.int32) << b)
+    out_ref[...] = acc[:, :, None, :]
+
+
+def _params(lattice: Array, x: Array, cutoff: Array) -> Array:
+    b = lattice.shape[0]
+    dtype = lattice.dtype
+    p = jnp.zeros((b, NPARAM), dtype)
+    p = p.at[:, :9].set(lattice.reshape(b, 9))
+    p = p.at[:, 9:12].set(x.astype(dtype))
+    return p.at[:, 12].set(jnp.asarray(cutoff, dtype) ** 2)
+
+
+@functools.partial(jax.jit, static_argnames=("images", "block", "interpret"))
+def candidate_words(
+    w: Array,
+    lattice: Array,
+    mask: Array,
+    x: Array,
+    cutoff: Array,
+    *,
+    images: tuple[int, int, int],
+    block: tuple[int, int, int] | None = None,
+    interpret: bool = False,
+) -> Array:
+    """Run the Pallas candidate kernel on a padded batch.
+
+    Args:
+      w: ``(B, N, 3)`` wrapped fractional coordinates in ``[0, 1)``.
+      lattice: ``(B, 3, 3)`` lattice rows, Å.
+      mask: ``(B, N)`` bool, real atoms.
+      x: ``(B, 3)`` reduced cutoffs ``cutoff / width`` (must satisfy ``floor(2 x_d) + 1 <= m_d``).
+      cutoff: scalar cutoff in Å (traced).
+      images: static ``(m_1, m_2, m_3)`` candidate images per pair and axis.
+      block: static ``(G, T_i, T_j)``; default :func:`block_sizes`.
+      interpret: run in Pallas interpret mode (CPU).
+
+    Returns:
+      ``(B, N, W, N)`` uint32 words, ``W = ceil(M / 32)``: bit ``b`` of ``[b_, i, u, j]`` is
+      candidate ``t = 32 u + b`` of pair ``(i, j)``.
+
+    Raises:
+      ValueError: inconsistent shapes, or block sizes that are not powers of two.
+    """
+    _check_shapes(w, lattice, mask, x)
+    bsz, n, _ = w.shape
+    g, ti, tj = block if block is not None else block_sizes(n)
+    for name, v in (("G", g), ("T_i", ti), ("T_j", tj)):
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"block size {name}={v} must be a power of two")
+    n_pad = -(-n // max(ti, tj)) * max(ti, tj)
+    b_pad = -(-bsz // g) * g
+    words = num_words(images)
+    bits = min(BITS, math.prod(images))
+    dtype = w.dtype
+    wp = jnp.zeros((b_pad, n_pad, 3), dtype).at[:bsz, :n].set(w)
+    mp = jnp.zeros((b_pad, n_pad), jnp.int32).at[:bsz, :n].set(mask.astype(jnp.int32))
+    lat = jnp.zeros((b_pad, 3, 3), dtype).at[:bsz].set(lattice.astype(dtype))
+    lat = lat.at[bsz:].set(jnp.eye(3, dtype=dtype))
+    xp = jnp.zeros((b_pad, 3), dtype).at[:bsz].set(x.astype(dtype))
+    params = _params(lat, xp, cutoff)
+    comps = [wp[..., c] for c in range(3)]
+    row = pl.BlockSpec((g, ti), lambda b, i, j, u: (b, i))
+    colspec = pl.BlockSpec((g, tj), lambda b, i, j, u: (b, j))
+    out = pl.pallas_call(
+        functools.partial(_candidate_kernel, images=images, bits=bits),
+        out_shape=jax.ShapeDtypeStruct((b_pad, n_pad, words, n_pad), jnp.int32),
+        grid=(b_pad // g, n_pad // ti, n_pad // tj, words),
+        in_specs=[
+            *([row] * 4),
+            *([colspec] * 4),
+            pl.BlockSpec((g, NPARAM), lambda b, i, j, u: (b, 0)),
+        ],
+        out_specs=pl.BlockSpec((g, ti, 1, tj), lambda b, i, j, u: (b, i, u, j)),
+        interpret=interpret,
+        name="neighbor_candidates",
+    )(*comps, mp, *comps, mp, params)
+    return jax.lax.bitcast_convert_type(out[:bsz, :n, :, :n], jnp.uint32)
+
+
+def _check_shapes(w: Array, lattice: Array, mask: Array, x: Array) -> None:
+    if w.ndim != 3 or w.shape[-1] != 3:
+        raise ValueError(f"w must be (B, N, 3), got {w.shape}")
+    b, n, _ = w.shape
+    if lattice.shape != (b, 3, 3):
+        raise ValueError(f"lattice must be ({b}, 3, 3) to match w {w.shape}, got {lattice.shape}")
+    if mask.shape != (b, n):
+        raise ValueError(f"mask must be ({b}, {n}) to match w {w.shape}, got {mask.shape}")
+    if x.shape != (b, 3):
+        raise ValueError(f"x must be ({b}, 3), got {x.shape}")
+
+
+def candidate_words_reference(
+    w: Array,
+    lattice: Array,
+    mask: Array,
+    x: Array,
+    cutoff: Array,
+    *,
+    images: tuple[int, int, int],
+) -> Array:
+    """Pure-``jnp`` version of :func:`candidate_words` (same output, same enumeration).
+
+    Written component-wise (structure of arrays): XLA:CPU vectorises ``(N, N)`` planes well and
+    ``(..., 3)`` minor axes badly. This is the XLA path of :mod:`jaxcsp.neighbors`.
+    """
+    _check_shapes(w, lattice, mask, x)
+    return jax.vmap(functools.partial(_candidate_words_one, images=images), (0, 0, 0, 0, None))(
+        w, lattice, mask, x, cutoff
+    )
+
+
+def _candidate_words_one(w, lattice, mask, x, cutoff, *, images):
+    n = w.shape[0]
+    m = math.prod(images)
+    words = num_words(images)
+    wc = [w[:, c] for c in range(3)]
+    lo = [pair_lower_shift(wc[c][:, None], wc[c][None, :], x[c]) for c in range(3)]
+    f = [wc[c][None, :] - wc[c][:, None] + lo[c].astype(w.dtype) for c in range(3)]
+    base = [f[0] * lattice[0, c] + f[1] * lattice[1, c] + f[2] * lattice[2, c] for c in range(3)]
+    pair_ok = mask[:, None] & mask[None, :]
+    diag = jnp.eye(n, dtype=bool)
+    rc2 = jnp.asarray(cutoff, w.dtype) ** 2
+    box = np.zeros((words * BITS, 3), np.int32)
+    t = np.arange(m)
+    box[:m] = np.stack(
+        [t // (images[1] * images[2]), (t // images[2]) % images[1], t % images[2]], -1
+    )
+    valid_t = np.arange(words * BITS) < m
+
+    def one_image(t, ok_t):
+        off = t.astype(w.dtype) @ lattice
+        d2 = (base[0] + off[0]) ** 2 + (base[1] + off[1]) ** 2 + (base[2] + off[2]) ** 2
+        self_pair = diag & (lo[0] == -t[0]) & (lo[1] == -t[1]) & (lo[2] == -t[2])
+        return (d2 < rc2) & pair_ok & ~self_pair & ok_t
+
+    ok = jax.vmap(one_image)(jnp.asarray(box), jnp.asarray(valid_t))  # (W*32, N, N)
+    ok = ok.reshape(words, BITS, n, n).astype(jnp.uint32)
+    shifts = jnp.arange(BITS, dtype=jnp.uint32)[None, :, None, None]
+    packed = jnp.sum(ok << shifts, axis=1, dtype=jnp.uint32)  # (W, N, N)
+    return jnp.transpose(packed, (1, 0, 2))  # (N, W, N)
+
+
+# ---------------------------------------------------------------------- compaction (XLA)
+
+
+def compact_candidates(
+    words: Array,
+    w: Array,
+    x: Array,
+    *,
+    images: tuple[int, int, int],
+    capacity: int,
+) -> RawNeighbors:
+    """Compact candidate words into fixed-capacity lists (XLA; shared by kernel and XLA path).
+
+    XLA:CPU is slow at long prefix sums, sorts and scatters but fast at fused element-wise work,
+    so each row's words are prefix-summed by popcount (a small triangular matmul, exact in
+    float32), every slot finds its word by a branch-free binary search (``log2`` of the words per
+    row gathers) and its bit by a popcount binary search inside the word.
+
+    Args:
+      words: ``(B, N, W, N)`` uint32 from :func:`candidate_words` (or its reference).
+      w: ``(B, N, 3)`` wrapped fractional coordinates used to build ``words``.
+      x: ``(B, 3)`` reduced cutoffs used to build ``words``.
+      images: static ``(m_1, m_2, m_3)``.
+      capacity: static ``K``.
+
+    Returns:
+      :class:`RawNeighbors` (shifts relative to the wrapped coordinates).
+    """
+    _, n, nw, _ = words.shape
+
+    def one(words_b, w_b, x_b):
+        src, slot_mask, count = jax.vmap(lambda r: _compact_row(r, capacity))(
+            words_b.reshape(n, nw * n)
+        )
+        word_id = src // BITS
+        j = word_id % n
+        t = (word_id // n) * BITS + src % BITS
+        j = jnp.where(slot_mask, j, jnp.arange(n, dtype=jnp.int32)[:, None])
+        lo = pair_lower_shift(w_b[:, None, :], w_b[j], x_b)
+        s = jnp.where(slot_mask[..., None], lo + decode_image(t, images), 0)
+        return j.astype(jnp.int32), s.astype(jnp.int32), slot_mask, count
+
+    return RawNeighbors(*jax.vmap(one)(words, w, x))
+
+
+def _compact_row(words: Array, capacity: int) -> tuple[Array, Array, Array]:
+    """Slots of the set bits of one row ``words (C,)`` uint32 -> ``src (K,)`` bit numbers,
+    ``slot_mask (K,)`` and ``count ()``."""
+    c = words.shape[0]
+    pc = jax.lax.population_count(words).astype(jnp.int32)
+    if c == 1:
+        incl = pc
+    else:
+        tri = jnp.triu(jnp.ones((c, c), jnp.float32))  # exact: counts < 2**24
+        incl = jnp.round(pc.astype(jnp.float32) @ tri).astype(jnp.int32)
+    count = incl[-1]
+    k = jnp.arange(capacity, dtype=jnp.int32)
+    wk = jnp.zeros((capacity,), jnp.int32)  # number of words with inclusive prefix <= k
+    step = 1 << max(0, (c - 1).bit_length())
+    while step >= 1:
+        nxt = wk + step
+        go = (nxt <= c) & (incl[jnp.minimum(nxt, c) - 1] <= k)
+        wk = jnp.where(go, nxt, wk)
+        step //= 2
+    wk = jnp.minimum(wk, c - 1)
+    word = words[wk]
+    rank = k - (incl - pc)[wk]
+    pos = jnp.zeros_like(rank)
+    for s in (16, 8, 4, 2, 1):
+        low = (jnp.uint32(1) << (pos + s).astype(jnp.uint32)) - jnp.uint32(1)
+        below = jax.lax.population_count(word & low).astype(jnp.int32)
+        pos = jnp.where(below <= rank, pos + s, pos)
+    slot_mask = k < count
+    return jnp.where(slot_mask, wk * BITS + pos, 0), slot_mask, count
+
+
+# ---------------------------------------------------------------------- wrapper
+
+
+@functools.partial(
+    jax.jit, static_argnames=("images", "max_neighbors", "block", "interpret", "use_kernel")
+)
+def neighbor_list(
+    w: Array,
+    lattice: Array,
+    mask: Array,
+    x: Array,
+    cutoff: Array,
+    *,
+    images: tuple[int, int, int],
+    max_neighbors: int,
+    block: tuple[int, int, int] | None = None,
+    interpret: bool = False,
+    use_kernel: bool = True,
+) -> RawNeighbors:
+    """Fixed-capacity neighbor lists: candidate kernel + XLA compaction.
+
+    Args:
+      w: ``(B, N, 3)`` wrapped fractional coordinates in ``[0, 1)``.
+      lattice: ``(B, 3, 3)`` lattice rows, Å.
+      mask: ``(B, N)`` bool.
+      x: ``(B, 3)`` reduced cutoffs ``cutoff / width``.
+      cutoff: scalar cutoff, Å.
+      images: static candidate images per pair and axis (``floor(2 x_d) + 1 <= m_d``).
+      max_neighbors: static capacity ``K``.
+      block: static kernel tile ``(G, T_i, T_j)``.
+      interpret: Pallas interpret mode.
+      use_kernel: ``False`` runs :func:`candidate_words_reference` instead (the XLA path).
+
+    Returns:
+      :class:`RawNeighbors` with shifts relative to the wrapped coordinates.
+    """
+    if use_kernel:
+        words = candidate_words(
+            w, lattice, mask, x, cutoff, images=images, block=block, interpret=interpret
+        )
+    else:
+        words = candidate_words_reference(w, lattice, mask, x, cutoff, images=images)
+    return compact_candidates(words, w, x, images=images, capacity=max_neighbors)
+
+
+# ---------------------------------------------------------------------- reference
+
+
+@functools.partial(jax.jit, static_argnames=("max_shift", "max_neighbors"))
+def neighbor_list_reference(
+    frac: Array,
+    lattice: Array,
+    mask: Array,
+    cutoff: Array,
+    *,
+    max_shift: tuple[int, int, int],
+    max_neighbors: int,
+) -> RawNeighbors:
+    """Dense pure-``jnp`` oracle: every pair against every image in ``[-n_d, n_d]``.
+
+    No wrapping, no per-pair pruning, no bit tricks: positions are ``frac @ lattice`` as given and
+    shifts are relative to them (the public convention). ``max_shift`` must cover the data:
+    ``n_d >= ceil(cutoff / width_d + span_d)`` where ``span_d`` is the spread of ``frac[..., d]``
+    (for wrapped coordinates, ``ceil(cutoff / width_d)`` suffices since ``span < 1``).
+
+    Args:
+      frac: ``(B, N, 3)`` fractional coordinates.
+      lattice: ``(B, 3, 3)`` lattice rows, Å.
+      mask: ``(B, N)`` bool.
+      cutoff: scalar cutoff, Å.
+      max_shift: static ``(n_1, n_2, n_3)`` half-widths of the image box.
+      max_neighbors: static capacity ``K``.
+
+    Returns:
+      :class:`RawNeighbors` (slots in (j, image) order; count may exceed ``K``).
+    """
+    n1, n2, n3 = max_shift
+    grid = np.stack(
+        np.meshgrid(
+            np.arange(-n1, n1 + 1), np.arange(-n2, n2 + 1), np.arange(-n3, n3 + 1), indexing="ij"
+        ),
+        -1,
+    ).reshape(-1, 3)
+    shifts = jnp.asarray(grid, jnp.int32)  # (S, 3)
+    n = frac.shape[1]
+
+    def one(f, lat, m):
+        pos = f @ lat
+        d = (
+            pos[None, :, None, :]
+            - pos[:, None, None, :]
+            + (shifts.astype(f.dtype) @ lat)[None, None]
+        )
+        d2 = jnp.sum(d * d, axis=-1)  # (N, N, S)
+        zero = jnp.all(shifts == 0, axis=-1)
+        self_pair = jnp.eye(n, dtype=bool)[:, :, None] & zero[None, None, :]
+        ok = (d2 < cutoff * cutoff) & (m[:, None] & m[None, :])[:, :, None] & ~self_pair
+        ok = ok.reshape(n, -1)
+        count = jnp.sum(ok, axis=-1, dtype=jnp.int32)
+        (idx,) = jax.vmap(lambda r: jnp.nonzero(r, size=max_neighbors, fill_value=0))(ok)
+        slot = jnp.arange(max_neighbors)[None, :] < count[:, None]
+        j = jnp.where(slot, idx // len(grid), jnp.arange(n)[:, None])
+        s = jnp.where(slot[..., None], shifts[idx % len(grid)], 0)
+        return j.astype(jnp.int32), s, slot, count
+
+    return RawNeighbors(*jax.vmap(one)(frac, lattice, mask))
