@@ -1,10 +1,31 @@
 """Local-environment descriptors: SO(3) power spectrum, coordination numbers, losses.
 
+* :func:`so3_power_spectrum` — per-atom Bartók power spectra in PyXtal's conventions.
+* :func:`coordination_numbers`, :func:`valid_environment` (the CN validity test),
+  :func:`smooth_coordination_numbers` (differentiable).
+* :func:`reference_spectrum`, :func:`spectrum_loss` (seed Eq. 1 / PyXtal's ``calculate_S``),
+  :func:`descriptor_loss` (reconstruct → neighbors → spectra → loss for Wyckoff batches).
+
 >>> from jaxcsp.descriptors import num_so3_components
 >>> num_so3_components(2, 4)
 15
 """
 
+from jaxcsp.descriptors._coordination import (
+    PYXTAL_BOND_FACTOR,
+    bond_cutoffs,
+    coordination_numbers,
+    pyxtal_covalent_radii,
+    smooth_coordination_numbers,
+    valid_environment,
+)
+from jaxcsp.descriptors._losses import (
+    WEIGHTINGS,
+    descriptor_loss,
+    reference_spectrum,
+    site_centers,
+    spectrum_loss,
+)
 from jaxcsp.descriptors._so3 import (
     SO3Basis,
     num_so3_components,
@@ -14,9 +35,20 @@ from jaxcsp.descriptors._so3 import (
 )
 
 __all__ = [
+    "PYXTAL_BOND_FACTOR",
+    "WEIGHTINGS",
     "SO3Basis",
+    "bond_cutoffs",
+    "coordination_numbers",
+    "descriptor_loss",
     "num_so3_components",
+    "pyxtal_covalent_radii",
+    "reference_spectrum",
+    "site_centers",
+    "smooth_coordination_numbers",
     "so3_basis",
     "so3_power_spectrum",
     "so3_power_spectrum_from_edges",
+    "spectrum_loss",
+    "valid_environment",
 ]
