@@ -169,7 +169,7 @@ def _transformed_batch(c0, rng):
     perm = rng.permutation(n)
     t = rng.uniform(-2, 2, 3)
     sup_lat = lat * np.array([[2], [1], [1]])
-    sup_frac = np.concatenate([frac, frac + [1, 0, 0]]) * [0.5, 1, 1]
+    sup_frac = np.concatenate([frac, frac + np.array([1.0, 0, 0])]) * [0.5, 1, 1]
     variants = [
         (lat, frac, sp),
         (lat @ rot.T, frac, sp),
@@ -177,7 +177,7 @@ def _transformed_batch(c0, rng):
         (lat, frac[perm], sp[perm]),
         (sup_lat, sup_frac, np.concatenate([sp, sp])),
     ]
-    pad = lambda x, v: np.concatenate([x, np.full((2 * n - len(x),) + x.shape[1:], v)])  # noqa: E731
+    pad = lambda x, v: np.concatenate([x, np.full((2 * n - len(x), *x.shape[1:]), v)])  # noqa: E731
     return Crystals.create(
         np.stack([v[0] for v in variants]),
         np.stack([pad(v[1], 0.0) for v in variants]),

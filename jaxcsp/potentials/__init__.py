@@ -10,16 +10,23 @@ Energies, forces and stresses of batches come from :func:`jaxcsp.calculator.calc
 """
 
 from jaxcsp.potentials._base import Potential, check_species
-from jaxcsp.potentials._manybody import stillinger_weber, tersoff
+from jaxcsp.potentials._manybody import (
+    ParameterFileError,
+    read_tersoff_file,
+    stillinger_weber,
+    tersoff,
+)
 from jaxcsp.potentials._pair import COULOMB_CONSTANT, buckingham, lennard_jones, morse
 
 __all__ = [
     "COULOMB_CONSTANT",
+    "ParameterFileError",
     "Potential",
     "buckingham",
     "check_species",
     "lennard_jones",
     "morse",
+    "read_tersoff_file",
     "stillinger_weber",
     "tersoff",
 ]

@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erfc
-from jax_md import energy as jmd_energy
 
 from jaxcsp.crystal import Crystals
 from jaxcsp.errors import InvalidStructureError
@@ -56,12 +55,19 @@ CUTOFF_MODES = ("truncate", "shift", "smooth")
 # ---------------------------------------------------------------------- pair functions
 
 
+# The pair functions are the same formulas as jax-md's ``energy.lennard_jones`` / ``energy.morse``
+# (checked against them in the tests); jax-md itself is not imported here because importing it
+# takes seconds (it builds rigid-body tables at import time).
+
+
 def _lj(r: Array, p: Mapping[str, Array]) -> Array:
-    return jmd_energy.lennard_jones(r, p["sigma"], p["epsilon"])
+    x = (p["sigma"] / r) ** 2
+    x6 = x * x * x
+    return 4.0 * p["epsilon"] * (x6 * x6 - x6)
 
 
 def _morse(r: Array, p: Mapping[str, Array]) -> Array:
-    return jmd_energy.morse(r, p["r0"], p["epsilon"], p["alpha"])
+    return p["epsilon"] * ((1.0 - jnp.exp(-p["alpha"] * (r - p["r0"]))) ** 2 - 1.0)
 
 
 def _buckingham(r: Array, p: Mapping[str, Array]) -> Array:
@@ -179,7 +185,7 @@ def lennard_jones(
     cutoff_mode: str = "shift",
     r_onset: float | None = None,
 ) -> Potential:
-    """Lennard-Jones ``φ(r) = 4ε[(σ/r)¹² - (σ/r)⁶]`` (jax-md's pair function).
+    """Lennard-Jones ``φ(r) = 4ε[(σ/r)¹² - (σ/r)⁶]`` (as jax-md's ``energy.lennard_jones``).
 
     Args:
       sigma: σ in Å (scalar, or ``(T, T)`` symmetric matrix over ``species``).
@@ -231,7 +237,7 @@ def morse(
     cutoff_mode: str = "shift",
     r_onset: float | None = None,
 ) -> Potential:
-    """Morse ``φ(r) = ε[(1 - e^{-α(r - r0)})² - 1]`` (jax-md's pair function).
+    """Morse ``φ(r) = ε[(1 - e^{-α(r - r0)})² - 1]`` (as jax-md's ``energy.morse``).
 
     Equivalent to ASE's ``MorsePotential(epsilon, rho0=α r0, r0)`` before its cutoff.
 
