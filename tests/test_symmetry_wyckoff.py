@@ -127,7 +127,7 @@ def test_roundtrip_to_pyxtal():
     assert np.abs(d - np.round(d)).max() < 1e-10
 
 
-def _wc_sample():
+def _wc_sample(max_sites=None):
     """Coupled special positions in every crystal system, mixed in one batch."""
     spec = [
         (2, ["2i", "1a"], [4.5, 7.0, 6.0, 80.0, 100.0, 110.0]),  # triclinic
@@ -144,7 +144,7 @@ def _wc_sample():
     sp = [["Si"] * len(labs) for _, labs, _ in spec]
     xyz = [rng.random((len(labs), 3)) for _, labs, _ in spec]
     cell = np.array([c for _, _, c in spec], float)
-    return WyckoffCrystals.create(spg, wy, sp, cell, xyz)
+    return WyckoffCrystals.create(spg, wy, sp, cell, xyz, max_sites=max_sites)
 
 
 def _scalar(c: Crystals):
@@ -156,8 +156,9 @@ def _scalar(c: Crystals):
     )
 
 
-def test_gradients_match_central_differences():
-    wc = _wc_sample()
+@pytest.mark.parametrize("max_sites", [None, 12])  # one-hot (S <= 8) and gather code paths
+def test_gradients_match_central_differences(max_sites):
+    wc = _wc_sample(max_sites)
     assert {crystal_system(int(s)) for s in wc.spg} == {
         "triclinic",
         "monoclinic",

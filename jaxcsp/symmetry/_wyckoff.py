@@ -350,6 +350,9 @@ def _op_table(dtype) -> tuple[np.ndarray, np.ndarray]:
     return t.op_rot.astype(dtype), t.op_trans.astype(dtype)
 
 
+_ONE_HOT_MAX_SITES = 8
+
+
 def reconstruct(wc: WyckoffCrystals, *, wrap: bool = True) -> Crystals:
     """Expand Wyckoff sites into a :class:`~jaxcsp.crystal.Crystals` batch.
 
@@ -386,10 +389,18 @@ def reconstruct(wc: WyckoffCrystals, *, wrap: bool = True) -> Crystals:
     cell = expand_cell(wc.cell, wc.cell_source, wc.cell_fixed.astype(wc.cell.dtype))
     lattice = lattice_matrix(cell)
     site = wc.atom_site
-    xyz = jnp.take_along_axis(wc.coords, site[..., None], axis=-2)  # (..., N, 3)
+    n_sites = wc.coords.shape[-2]
+    if n_sites <= _ONE_HOT_MAX_SITES:
+        # Few sites: a one-hot contraction; its transpose is a reduction, not a scatter-add, and
+        # runs ~1.7x faster than take_along_axis forward and backward on CPU.
+        one_hot = site[..., None, None] == jnp.arange(n_sites, dtype=site.dtype)[:, None]
+        xyz = jnp.sum(jnp.where(one_hot, wc.coords[..., None, :, :], 0.0), axis=-2)  # (..., N, 3)
+    else:
+        xyz = jnp.take_along_axis(wc.coords, site[..., None], axis=-2)  # (..., N, 3)
     rot = jnp.asarray(rot_t)[wc.atom_op]  # (..., N, 3, 3)
     trans = jnp.asarray(trans_t)[wc.atom_op]  # (..., N, 3)
-    frac = jnp.einsum("...nij,...nj->...ni", rot, xyz) + trans
+    # R @ v as a broadcast multiply + sum: ~2.5x faster on CPU than a batched 3x3 dot_general.
+    frac = jnp.sum(rot * xyz[..., None, :], axis=-1) + trans
     if wrap:
         frac = frac - jax.lax.stop_gradient(jnp.floor(frac))
     mask = wc.atom_mask
