@@ -347,3 +347,80 @@ def test_non_finite_free_variables_detected():
     with pytest.raises(InvalidStructureError) as e:
         validate_free_variables(wc)
     assert e.value.index == 6 and e.value.field == "cell"
+
+
+@functools.cache
+def _from_random_sample():
+    """Full PyXtal ``from_random`` structures (PyXtal picks sites, coordinates, lattice)."""
+    from pyxtal import pyxtal
+
+    out = []
+    for k, (g, species, counts) in enumerate(
+        [
+            (14, ["Si", "O"], [4, 8]),
+            (62, ["C"], [8]),
+            (141, ["Si"], [8]),
+            (166, ["C"], [6]),
+            (194, ["C"], [4]),
+            (225, ["Na", "Cl"], [4, 4]),
+            (227, ["C"], [8]),
+            (2, ["Ti", "O"], [2, 4]),
+        ]
+    ):
+        x = pyxtal()
+        x.from_random(3, g, species, counts, random_state=k)
+        assert x.valid
+        out.append(x)
+    return out
+
+
+def test_pyxtal_from_random_structures_match():
+    xtals = _from_random_sample()
+    wc = from_pyxtal(xtals)
+    c = _reconstruct(wc)
+    for i, x in enumerate(xtals):
+        ref, ref_sp = x._get_coords_and_species(absolute=False)
+        n = int(c.num_atoms[i])
+        _match_atoms(
+            np.asarray(c.frac[i, :n]),
+            np.asarray(c.species[i, :n]),
+            np.asarray(ref),
+            np.asarray(atomic_numbers(ref_sp)),
+            1e-8,
+        )
+        # same metric (the lattice may be rotated relative to PyXtal's matrix)
+        m_ref = x.lattice.matrix @ x.lattice.matrix.T
+        m_ours = np.asarray(c.lattice[i] @ c.lattice[i].T)
+        np.testing.assert_allclose(m_ours, m_ref, atol=1e-8)
+
+
+_INVARIANCE_GROUPS = (1, 2, 5, 15, 38, 62, 88, 122, 148, 160, 176, 191, 205, 216, 227, 230)
+
+
+@settings(max_examples=20)
+@given(st.sampled_from(_INVARIANCE_GROUPS), st.data())
+def test_reconstructed_sites_are_invariant_under_the_group(spg, data):
+    """Property: every site's orbit is mapped onto itself by every operation of the group."""
+    wps = wyckoff_positions(spg)
+    idx = data.draw(st.lists(st.integers(0, len(wps) - 1), min_size=1, max_size=3))
+    xyz = data.draw(hnp.arrays(np.float64, (len(idx), 3), elements=st.floats(0.0, 1.0)))
+    wc = WyckoffCrystals.create(
+        [spg],
+        [idx],
+        [[6 + k for k in range(len(idx))]],
+        [[5.0, 6.0, 7.0, 80, 95, 100]],
+        [xyz],
+        max_sites=3,
+        max_atoms=3 * 192,
+    )
+    c = _reconstruct(wc)
+    n = int(c.num_atoms[0])
+    frac = np.asarray(c.frac[0, :n])
+    sp = np.asarray(c.species[0, :n])
+    assert n == sum(wps[i].multiplicity for i in idx)
+    for r, t in zip(wps[0].rotations, wps[0].translations, strict=True):
+        img = frac @ r.T + t
+        d = img[:, None, :] - frac[None, :, :]
+        d -= np.round(d)
+        dist = np.where(sp[:, None] == sp[None, :], np.abs(d).max(-1), np.inf)
+        assert dist.min(1).max() < 1e-9
