@@ -324,19 +324,20 @@ def _ragged(wyckoff, species, coords, b):
                 index=i,
                 field="wyckoff",
             )
-        keep = []
+        keep, idx = [], []
         for j, w in enumerate(w_i):
             try:
-                pad = float(w) < 0
+                wf = float(w)
             except (TypeError, ValueError):
+                wf = float("nan")
+            if not np.isfinite(wf) or (wf >= 0 and wf != int(wf)):
                 raise InvalidStructureError(
-                    f"Wyckoff index {w!r} is not an integer", index=i, field="wyckoff"
-                ) from None
-            if not pad:
+                    f"site {j}: Wyckoff index {w!r} is not an integer", index=i, field="wyckoff"
+                )
+            if wf >= 0:
                 keep.append(j)
-        wy_out.append(
-            [int(w_i[j]) if float(w_i[j]) == int(float(w_i[j])) else w_i[j] for j in keep]
-        )
+                idx.append(int(wf))
+        wy_out.append(idx)
         sp_out.append([s_i[j] for j in keep])
         xyz_out.append([x_i[j] for j in keep])
     return wy_out, sp_out, xyz_out
