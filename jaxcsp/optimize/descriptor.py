@@ -455,6 +455,13 @@ class DescriptorResult:
 PYXTAL_CELL_BOX = ((1.5, 1.5, 1.5, 30.0, 30.0, 30.0), (50.0, 50.0, 50.0, 150.0, 150.0, 150.0))
 
 
+def _edge_capacity(count: Any, num_sites: Any, previous: int = 0) -> int:
+    """Edge-list capacity: 2x the current edges and at least 8 per site (structures densify as
+    they approach CN = 3), doubled on overflow, rounded up to a multiple of 512."""
+    want = max(2 * int(count), 8 * int(num_sites), 2 * previous, 512)
+    return int(math.ceil(want / 512) * 512)
+
+
 def _spec_for(crystals: Any, rcut: float):
     from jaxcsp.neighbors import neighbor_list_spec
 
@@ -476,6 +483,10 @@ def optimize_wyckoff(
     weighting: str = "multiplicity",
     per_component: bool = True,
     wrap_coords: bool = True,
+    cn_weight: float = 0.0,
+    cn_target: float = 3.0,
+    cn_width: float = 0.1,
+    cn_reach: float = 0.5,
     chunk: int = 25,
     callback: Callable[[int, Array], None] | None = None,
     **optimizer_kwargs: Any,
@@ -497,6 +508,8 @@ def optimize_wyckoff(
       nmax, lmax, rcut, alpha, weight_on: descriptor setting.
       weighting, per_component: loss definition (see :func:`jaxcsp.descriptors.descriptor_loss`).
       wrap_coords: wrap (True) or clamp (False) the coordinates.
+      cn_weight, cn_target, cn_width, cn_reach: optional smooth-CN term of the loss (see
+        :func:`jaxcsp.descriptors.descriptor_loss`; off by default).
       chunk: steps per jitted scan; neighbor-list overflow is checked between chunks and the
         chunk is recomputed with larger shapes when needed.
       callback: ``callback(steps_done, losses)`` after each chunk.
@@ -543,17 +556,29 @@ def optimize_wyckoff(
         weight_on=weight_on,
         weighting=weighting,
         per_component=per_component,
+        cn_weight=cn_weight,
+        cn_target=cn_target,
+        cn_width=cn_width,
+        cn_reach=cn_reach,
     )
+    cutoff = rcut
+    if cn_weight:
+        from jaxcsp.descriptors import bond_cutoffs
+
+        z = np.unique(np.asarray(wc.site_species)[np.asarray(wc.site_mask)])
+        cutoff = max(rcut, float(bond_cutoffs()[np.ix_(z, z)].max()) + cn_reach)
 
     def as_wc(p):
         return with_free_variables(wc, p["cell"], p["coords"])
 
-    spec = _spec_for(reconstruct(as_wc(params)), rcut)
+    spec = _spec_for(reconstruct(as_wc(params)), cutoff)
     loss0, aux0 = descriptor_loss(as_wc(params), reference, spec, **kw)
+    num_sites = int(jnp.sum(wc.site_mask))
+    max_edges = _edge_capacity(aux0["num_edges"], num_sites)
 
-    def make_loss(spec):
+    def make_loss(spec, max_edges):
         def loss_fn(p):
-            loss, aux = descriptor_loss(as_wc(p), reference, spec, **kw)
+            loss, aux = descriptor_loss(as_wc(p), reference, spec, max_edges=max_edges, **kw)
             return loss, aux["overflow"]
 
         return loss_fn
@@ -565,9 +590,9 @@ def optimize_wyckoff(
     history, done, reallocations = [], 0, 0
     while done < steps:
         n = min(chunk, steps - done)
-        key = (spec, n)
+        key = (spec, max_edges, n)
         if key not in fns:
-            fns[key] = _make_chunk(make_loss(spec), opt, n)
+            fns[key] = _make_chunk(make_loss(spec, max_edges), opt, n)
         carry, losses, overflow = fns[key](params, opt_state, best_params, best_loss)
         if bool(jnp.any(overflow)):
             # a crystal outgrew the neighbor-list shapes during this chunk: grow them (from the
@@ -575,7 +600,10 @@ def optimize_wyckoff(
             reallocations += 1
             if reallocations > 20:
                 raise RuntimeError("neighbor-list shapes keep overflowing during optimisation")
-            grown = _spec_for(reconstruct(as_wc(carry[0])), rcut)
+            end = as_wc(carry[0])
+            grown = _spec_for(reconstruct(end), cutoff)
+            count = descriptor_loss(end, reference, grown, **kw)[1]["num_edges"]
+            max_edges = _edge_capacity(count, num_sites, max_edges)
             images = tuple(max(g, o) for g, o in zip(grown.images, spec.images, strict=True))
             if images == spec.images and reallocations % 2 == 0:
                 images = tuple(i + 1 for i in images)
@@ -595,7 +623,7 @@ def optimize_wyckoff(
             break
     final = as_wc(best_params)
     final = final.replace(cell=jnp.where(wc.cell_free, final.cell, wc.cell))
-    spec_f = _spec_for(reconstruct(final), rcut)
+    spec_f = _spec_for(reconstruct(final), cutoff)
     loss1, aux1 = descriptor_loss(final, reference, spec_f, **kw)
     ps = _plateau_state(opt_state)
     return DescriptorResult(

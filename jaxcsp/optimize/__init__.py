@@ -1,0 +1,54 @@
+"""Batched optimizers: BFGS + line search, FIRE, L-BFGS, cell filters, relax, relax_stream.
+
+Every optimizer is an ``(init_fn, step_fn)`` pair over a batch of independent objectives
+(see :mod:`jaxcsp.optimize._base` for the row/DOF conventions); :func:`relax` drives them for a
+``Crystals`` batch and any ``Potential``.
+"""
+
+from jaxcsp.optimize._base import (
+    CONVERGED,
+    EXPLODED,
+    INVALID,
+    MAX_STEPS,
+    RUNNING,
+    STATUS_NAMES,
+    Optimizer,
+    masked_fmax,
+)
+from jaxcsp.optimize._bfgs import BFGSLineSearchState, bfgs_linesearch
+from jaxcsp.optimize._fire import FIREState, LBFGSState, fire, lbfgs
+from jaxcsp.optimize._relax import (
+    METHODS,
+    RelaxData,
+    RelaxResult,
+    crystals_from_dofs,
+    initial_dofs,
+    make_optimizer,
+    relax,
+    symmetry_operations,
+)
+
+__all__ = [
+    "CONVERGED",
+    "EXPLODED",
+    "INVALID",
+    "MAX_STEPS",
+    "METHODS",
+    "RUNNING",
+    "STATUS_NAMES",
+    "BFGSLineSearchState",
+    "FIREState",
+    "LBFGSState",
+    "Optimizer",
+    "RelaxData",
+    "RelaxResult",
+    "bfgs_linesearch",
+    "crystals_from_dofs",
+    "fire",
+    "initial_dofs",
+    "lbfgs",
+    "make_optimizer",
+    "masked_fmax",
+    "relax",
+    "symmetry_operations",
+]

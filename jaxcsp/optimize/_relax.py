@@ -1,0 +1,412 @@
+"""``relax``: batched relaxation of a ``Crystals`` batch with any ``Potential``.
+
+Degrees of freedom (DOF rows, see :mod:`jaxcsp.optimize._base`):
+
+* ``cell_filter=None`` — the Cartesian positions, ``(B, N, 3)`` Å; the cell is fixed.
+* ``cell_filter="frechet"`` — ASE ``FrechetCellFilter`` semantics: rows ``0..N-1`` hold the
+  positions in the *undeformed* cell, rows ``N..N+2`` hold ``exp_cell_factor · log(F)`` where the
+  deformation gradient ``F`` maps the starting cell ``L0`` to ``L = L0 Fᵀ`` (positions
+  ``r = u Fᵀ``), ``exp_cell_factor`` = number of atoms, and the objective is the enthalpy
+  ``E + p V`` (``pressure`` in eV/Å³). The gradient of the cell rows is the exact derivative
+  through the matrix exponential (autodiff), i.e. ASE's Fréchet-derivative forces. The cell
+  block sits in the fixed rows ``N..N+2`` of the padded array, so padding never hides it.
+
+``symmetric=True`` on a ``Crystals`` batch is the FixSymmetry-style mode: spglib's operations
+of each starting structure (``symprec``) symmetrise the atom and cell gradients every
+evaluation, so the optimizer never breaks the starting symmetry. Relaxation directly in Wyckoff
+free variables (symmetry by construction) is :func:`relax_wyckoff`.
+
+Neighbor lists use :func:`jaxcsp.neighbors.update` with shapes chosen on the host; if any
+structure overflows them during a chunk of steps, the shapes are re-chosen and the chunk is
+recomputed from its start (deterministic, so nothing is lost or truncated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg
+import numpy as np
+
+from jaxcsp.crystal import Crystals
+from jaxcsp.optimize._base import RUNNING, STATUS_NAMES, masked_fmax
+from jaxcsp.optimize._bfgs import bfgs_linesearch
+from jaxcsp.optimize._fire import fire, lbfgs
+
+__all__ = [
+    "METHODS",
+    "RelaxData",
+    "RelaxResult",
+    "crystals_from_dofs",
+    "initial_dofs",
+    "make_optimizer",
+    "relax",
+    "symmetry_operations",
+]
+
+Array = jax.Array
+
+#: Optimizers :func:`relax` knows, by name.
+METHODS = {"bfgs_linesearch": bfgs_linesearch, "fire": fire, "lbfgs": lbfgs}
+CELL_FILTERS = (None, "frechet")
+
+
+class RelaxData(NamedTuple):
+    """Per-structure constants of a relaxation (pytree of ``(B, ...)`` arrays).
+
+    Attributes:
+      lattice0: ``(B, 3, 3)`` starting cell (Å), the reference of the cell filter.
+      species: ``(B, N)`` int32 atomic numbers. mask: ``(B, N)`` bool real atoms.
+      cell_factor: ``(B,)`` exp_cell_factor of the Fréchet filter (number of atoms).
+      pressure: ``(B,)`` scalar pressure in eV/Å³ (enthalpy term, cell filter only).
+      sym_perm: ``(B, G, N)`` int32 atom permutation of each symmetry operation, or ``None``.
+      sym_rot: ``(B, G, 3, 3)`` Cartesian row-vector matrices ``M`` (``r -> r M``), or ``None``.
+      sym_mask: ``(B, G)`` bool real operations, or ``None``.
+    """
+
+    lattice0: Array
+    species: Array
+    mask: Array
+    cell_factor: Array
+    pressure: Array
+    sym_perm: Array | None = None
+    sym_rot: Array | None = None
+    sym_mask: Array | None = None
+
+
+class RelaxResult(NamedTuple):
+    """Per-structure outcome of :func:`relax` (every input gets a row).
+
+    Attributes:
+      crystals: final structures (``Crystals``, same padding as the input).
+      energy: ``(B,)`` potential energy in eV at the final structure (no pV term).
+      forces: ``(B, N, 3)`` eV/Å. stress: ``(B, 3, 3)`` eV/Å³ (ASE sign convention).
+      fmax: ``(B,)`` largest DOF-gradient row norm at the end (eV/Å; includes cell rows).
+      converged: ``(B,)`` bool. status: ``(B,)`` int32 code (see ``status_names``).
+      steps: ``(B,)`` optimizer steps. force_calls: ``(B,)`` energy+force evaluations.
+    """
+
+    crystals: Crystals
+    energy: Array
+    forces: Array
+    stress: Array
+    fmax: Array
+    converged: Array
+    status: Array
+    steps: Array
+    force_calls: Array
+
+    @property
+    def status_names(self) -> list[str]:
+        """Status of every structure as a word (``converged``, ``max_steps``, ...)."""
+        return [STATUS_NAMES[int(s)] for s in np.asarray(self.status)]
+
+
+# ---------------------------------------------------------------------- DOFs
+
+
+def initial_dofs(crystals: Crystals, cell_filter: str | None) -> tuple[Array, Array]:
+    """Starting DOF rows ``x (B, R, 3)`` and ``row_mask (B, R)`` for a batch (traceable)."""
+    pos = jnp.where(crystals.mask[..., None], crystals.positions, 0.0)
+    if cell_filter is None:
+        return pos, crystals.mask
+    b = pos.shape[0]
+    x = jnp.concatenate([pos, jnp.zeros((b, 3, 3), pos.dtype)], axis=1)
+    return x, jnp.concatenate([crystals.mask, jnp.ones((b, 3), bool)], axis=1)
+
+
+def crystals_from_dofs(x: Array, data: RelaxData, cell_filter: str | None) -> Crystals:
+    """The structures described by DOF rows ``x`` (traceable and differentiable)."""
+    n = data.mask.shape[-1]
+    inv0 = jnp.linalg.inv(data.lattice0)
+    if cell_filter is None:
+        lattice = data.lattice0
+    else:
+        log_f = x[:, n:] / data.cell_factor[:, None, None]
+        f = jax.vmap(jax.scipy.linalg.expm)(log_f)
+        lattice = jnp.einsum("bij,bkj->bik", data.lattice0, f)
+    frac = jnp.einsum("bni,bij->bnj", x[:, :n], inv0)
+    frac = jnp.where(data.mask[..., None], frac, 0.0)
+    return Crystals(lattice=lattice, frac=frac, species=data.species, mask=data.mask)
+
+
+def _symmetrize(g: Array, data: RelaxData, cell_filter: str | None) -> Array:
+    """Average gradient rows over the symmetry operations (FixSymmetry-style)."""
+    n = data.mask.shape[-1]
+
+    def one(g, perm, rot, opmask, mask):
+        count = jnp.maximum(jnp.sum(opmask), 1)
+        atoms = g[:n]
+        contrib = jnp.einsum("ni,kij->knj", atoms, rot) * opmask[:, None, None]
+        sym = jnp.zeros_like(atoms).at[perm.reshape(-1)].add(contrib.reshape(-1, 3)) / count
+        sym = jnp.where(mask[:, None], sym, 0.0)
+        if cell_filter is None:
+            return sym
+        cell = g[n:]
+        cell_sym = jnp.einsum("kji,jl,klm->im", rot, cell, rot * opmask[:, None, None]) / count
+        return jnp.concatenate([sym, cell_sym], axis=0)
+
+    return jax.vmap(one)(g, data.sym_perm, data.sym_rot, data.sym_mask, data.mask)
+
+
+def _objective(potential, spec, cell_filter: str | None) -> Callable:
+    from jaxcsp import neighbors as nb
+
+    def total(x, data):
+        c = crystals_from_dofs(x, data, cell_filter)
+        if spec is None:
+            nl, overflow = None, jnp.zeros(x.shape[0], bool)
+            e = jax.vmap(lambda cc: potential.energy(cc, None))(c)
+        else:
+            nl = nb.update(spec, jax.lax.stop_gradient(c))
+            overflow = nl.overflow
+            e = jax.vmap(potential.energy)(c, nl)
+        if cell_filter is not None:
+            e = e + data.pressure * jnp.abs(jnp.linalg.det(c.lattice))
+        return jnp.sum(e), (e, overflow)
+
+    def value_and_grad(x, data):
+        (_, (e, overflow)), g = jax.value_and_grad(total, has_aux=True)(x, data)
+        if data.sym_perm is not None:
+            g = _symmetrize(g, data, cell_filter)
+        return e, g, overflow
+
+    return value_and_grad
+
+
+def make_optimizer(method: str, value_and_grad: Callable, options: dict | None = None):
+    """Build the ``(init_fn, step_fn)`` pair of a named method with keyword ``options``."""
+    if method not in METHODS:
+        from jaxcsp.errors import JaxcspError
+
+        raise JaxcspError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    return METHODS[method](value_and_grad, **(options or {}))
+
+
+# ---------------------------------------------------------------------- jitted drivers
+
+
+@functools.partial(jax.jit, static_argnames=("method", "options", "cell_filter"))
+def _init(x, row_mask, data, potential, spec, fmax, max_steps, *, method, options, cell_filter):
+    opt = make_optimizer(method, _objective(potential, spec, cell_filter), dict(options))
+    return opt.init_fn(x, row_mask, data, fmax=fmax, max_steps=max_steps)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "options", "cell_filter", "n_steps"))
+def _run(state, data, potential, spec, *, method, options, cell_filter, n_steps):
+    opt = make_optimizer(method, _objective(potential, spec, cell_filter), dict(options))
+
+    def cond(carry):
+        i, st = carry
+        return (i < n_steps) & jnp.any(st.status == RUNNING)
+
+    def body(carry):
+        i, st = carry
+        return i + 1, opt.step_fn(st, data)
+
+    return jax.lax.while_loop(cond, body, (jnp.asarray(0), state))[1]
+
+
+# ---------------------------------------------------------------------- host-side helpers
+
+
+def symmetry_operations(crystals: Crystals, *, symprec: float = 1e-4) -> tuple[Array, ...]:
+    """spglib operations of every structure as atom permutations and Cartesian matrices.
+
+    Args:
+      crystals: concrete batch.
+      symprec: spglib distance tolerance in Å.
+
+    Returns:
+      ``(perm (B, G, N) int32, rot (B, G, 3, 3), op_mask (B, G) bool)``: operation ``k`` of
+      structure ``b`` maps atom ``i`` to atom ``perm[b, k, i]`` and a Cartesian row vector
+      ``r`` to ``r @ rot[b, k]``; ``G`` is the largest group order in the batch.
+    """
+    import warnings
+
+    import spglib
+
+    lat = np.asarray(crystals.lattice, np.float64)
+    frac = np.asarray(crystals.frac, np.float64)
+    species = np.asarray(crystals.species)
+    mask = np.asarray(crystals.mask)
+    b, n, _ = frac.shape
+    ops = []
+    for i in range(b):
+        m = mask[i]
+        idx = np.nonzero(m)[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            sym = spglib.get_symmetry((lat[i], frac[i][m], species[i][m]), symprec=symprec)
+        rots = sym["rotations"] if sym is not None else np.eye(3, dtype=int)[None]
+        trans = sym["translations"] if sym is not None else np.zeros((1, 3))
+        f = frac[i][m]
+        perms, mats = [], []
+        inv = np.linalg.inv(lat[i])
+        for r, t in zip(rots, trans, strict=True):
+            img = f @ r.T + t
+            d = img[:, None, :] - f[None, :, :]
+            d -= np.round(d)
+            dist = np.linalg.norm(d @ lat[i], axis=-1)
+            j = np.argmin(dist, axis=1)
+            perm = np.arange(n)
+            perm[idx] = idx[j]
+            perms.append(perm)
+            mats.append(inv @ r.T @ lat[i])
+        ops.append((np.stack(perms), np.stack(mats)))
+    g = max(len(p) for p, _ in ops)
+    perm = np.tile(np.arange(n), (b, g, 1))
+    rot = np.tile(np.eye(3), (b, g, 1, 1))
+    op_mask = np.zeros((b, g), bool)
+    for i, (p, r) in enumerate(ops):
+        perm[i, : len(p)] = p
+        rot[i, : len(r)] = r
+        op_mask[i, : len(p)] = True
+    dtype = crystals.lattice.dtype
+    return jnp.asarray(perm, jnp.int32), jnp.asarray(rot, dtype), jnp.asarray(op_mask)
+
+
+def _spec_for(potential, crystals: Crystals, *, method: str, growth: float = 1.0):
+    if potential.cutoff is None:
+        return None
+    from jaxcsp import neighbors as nb
+    from jaxcsp.calculator import CAPACITY_QUANTUM
+
+    spec = nb.neighbor_list_spec(
+        crystals,
+        float(potential.cutoff),
+        method=method,
+        capacity_headroom=0.5 * growth,
+        cell_headroom=0.15 * growth,
+    )
+    k = CAPACITY_QUANTUM * max(1, math.ceil(spec.max_neighbors / CAPACITY_QUANTUM))
+    return dataclasses.replace(spec, max_neighbors=k)
+
+
+def make_data(
+    crystals: Crystals,
+    *,
+    pressure: float = 0.0,
+    symmetric: bool = False,
+    symprec: float = 1e-4,
+) -> RelaxData:
+    """Per-structure constants for :func:`relax` (host side)."""
+    b = crystals.batch_size
+    dtype = crystals.lattice.dtype
+    sym = symmetry_operations(crystals, symprec=symprec) if symmetric else (None, None, None)
+    return RelaxData(
+        lattice0=crystals.lattice,
+        species=crystals.species,
+        mask=crystals.mask,
+        cell_factor=crystals.num_atoms.astype(dtype),
+        pressure=jnp.broadcast_to(jnp.asarray(pressure, dtype), (b,)),
+        sym_perm=sym[0],
+        sym_rot=sym[1],
+        sym_mask=sym[2],
+    )
+
+
+def _check_args(method, cell_filter):
+    from jaxcsp.errors import JaxcspError
+
+    if method not in METHODS:
+        raise JaxcspError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    if cell_filter not in CELL_FILTERS:
+        raise JaxcspError(f"unknown cell_filter {cell_filter!r}; choose None or 'frechet'")
+
+
+def relax(
+    crystals: Crystals,
+    potential,
+    *,
+    method: str = "bfgs_linesearch",
+    fmax: float = 0.01,
+    cell_filter: str | None = None,
+    max_steps: int = 1000,
+    symmetric: bool = False,
+    symprec: float = 1e-4,
+    pressure: float = 0.0,
+    chunk: int = 50,
+    neighbor_method: str = "auto",
+    progress: bool = False,
+    **options: Any,
+) -> RelaxResult:
+    """Relax a batch of crystals with any potential (host entry point; jitted inside).
+
+    Args:
+      crystals: concrete batch ``(B, N)`` of mixed sizes (padding is respected).
+      potential: any :class:`~jaxcsp.potentials.Potential`.
+      method: ``"bfgs_linesearch"`` (ASE ``BFGSLineSearch``, fused), ``"fire"`` or ``"lbfgs"``.
+      fmax: convergence threshold on the largest force / cell-force row, eV/Å.
+      cell_filter: ``None`` (fixed cell) or ``"frechet"`` (ASE ``FrechetCellFilter``).
+      max_steps: optimizer steps per structure.
+      symmetric: FixSymmetry-style mode (spglib operations of the starting structures).
+      symprec: spglib tolerance in Å for ``symmetric``.
+      pressure: scalar pressure in eV/Å³ (with ``cell_filter``).
+      chunk: steps per jitted call between host checks (overflow, progress).
+      neighbor_method: neighbor-list backend (``"auto"``, ``"xla"``, ``"pallas"``).
+      progress: show a progress bar.
+      **options: optimizer hyperparameters (e.g. ``maxstep``, ``c1``, ``dt``).
+
+    Returns:
+      :class:`RelaxResult`, one row per input structure.
+
+    Raises:
+      InvalidStructureError: an element the potential does not cover (naming the structure).
+      JaxcspError: unknown method or cell filter.
+    """
+    from jaxcsp.calculator import calculate
+    from jaxcsp.potentials import check_species
+
+    _check_args(method, cell_filter)
+    check_species(potential, crystals)
+    data = make_data(crystals, pressure=pressure, symmetric=symmetric, symprec=symprec)
+    x0, row_mask = initial_dofs(crystals, cell_filter)
+    opts = tuple(sorted(options.items()))
+    kw = dict(method=method, options=opts, cell_filter=cell_filter)
+    growth = 1.0
+    spec = _spec_for(potential, crystals, method=neighbor_method)
+    state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
+    while bool(jnp.any(state.overflow)):
+        growth *= 2.0
+        spec = _spec_for(potential, crystals, method=neighbor_method, growth=growth)
+        state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=crystals.batch_size, desc=f"relax ({method})", unit="struct")
+    while bool(jnp.any(state.status == RUNNING)):
+        new = _run(state, data, potential, spec, n_steps=chunk, **kw)
+        if bool(jnp.any(new.overflow)):
+            growth *= 2.0
+            current = crystals_from_dofs(state.x, data, cell_filter)
+            spec = _spec_for(potential, current, method=neighbor_method, growth=growth)
+            continue
+        state = new
+        if bar is not None:
+            bar.n = int(jnp.sum(state.status != RUNNING))
+            bar.refresh()
+    if bar is not None:
+        bar.close()
+
+    final = crystals_from_dofs(state.x, data, cell_filter)
+    res = calculate(potential, final, method=neighbor_method)
+    return RelaxResult(
+        crystals=final,
+        energy=res.energy,
+        forces=res.forces,
+        stress=res.stress,
+        fmax=masked_fmax(state.grad, state.row_mask),
+        converged=state.status == 1,
+        status=state.status,
+        steps=state.steps,
+        force_calls=state.force_calls,
+    )
