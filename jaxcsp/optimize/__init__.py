@@ -27,6 +27,7 @@ from jaxcsp.optimize._relax import (
     relax,
     symmetry_operations,
 )
+from jaxcsp.optimize._stream import StreamSummary, relax_stream, size_class
 
 __all__ = [
     "CONVERGED",
@@ -42,6 +43,7 @@ __all__ = [
     "Optimizer",
     "RelaxData",
     "RelaxResult",
+    "StreamSummary",
     "bfgs_linesearch",
     "crystals_from_dofs",
     "fire",
@@ -50,5 +52,7 @@ __all__ = [
     "make_optimizer",
     "masked_fmax",
     "relax",
+    "relax_stream",
+    "size_class",
     "symmetry_operations",
 ]

@@ -1,0 +1,389 @@
+"""``relax_stream``: continuous batching of many relaxations into an ASE database.
+
+The scheduler of the seed's Algorithm 3 (Zhao et al., SI "Continuous scheduling"):
+
+* Work is grouped into size classes (atom counts padded to 8, 16, 32, 64, ...) and processed
+  largest class first (the seed sorts by size, largest first).
+* Each class runs a **fixed-shape** batch of ``slots = max_atoms // N_class`` structures (the
+  atom cap ``N_max`` of the seed's Eq. 1), so nothing recompiles while structures come and go.
+* Every ``refill_every`` steps, finished slots (converged, out of steps, exploded, invalid) are
+  written to the database and refilled from the queue; the refilled lanes are re-initialised
+  with one evaluation of the whole fixed-shape batch and merged in, the others keep their state.
+* Each finished structure becomes one database row, committed on its own, with the final
+  structure, energy/forces/stress (ASE ``SinglePointCalculator``) and key-value pairs
+  ``input_id``, ``input_hash``, ``status``, ``converged``, ``steps``, ``force_calls``,
+  ``max_force``, ``n_atoms``, ``energy_per_atom``. Inputs that cannot even be loaded (NaN
+  coordinates, singular cells, unsupported elements) get a row with ``status="invalid"`` and an
+  ``error`` message.
+* Rerunning with the same source and database resumes: inputs whose ``input_id`` is already in
+  the database are skipped (and their ``input_hash`` must match, so a different source is not
+  silently mixed in). A kill loses only the in-flight structures' progress, never a row, and
+  produces no duplicates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcsp.crystal import Crystals
+from jaxcsp.errors import InvalidStructureError, JaxcspError
+from jaxcsp.optimize._base import RUNNING, STATUS_NAMES, masked_fmax
+from jaxcsp.optimize._relax import (
+    _check_args,
+    _init,
+    _run,
+    _spec_for,
+    crystals_from_dofs,
+    initial_dofs,
+    make_data,
+)
+
+__all__ = ["StreamSummary", "relax_stream", "size_class"]
+
+#: Smallest padded atom count of a size class.
+MIN_CLASS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSummary:
+    """What one :func:`relax_stream` call did.
+
+    Attributes:
+      total: inputs in the source. skipped: already in the database (resumed).
+      written: rows written by this call. statuses: count of each status among written rows.
+      wall_s: seconds. compiles: number of (re)compilations of the jitted step per class.
+    """
+
+    total: int
+    skipped: int
+    written: int
+    statuses: dict[str, int]
+    wall_s: float
+    compiles: int
+
+
+def size_class(n: int) -> int:
+    """Padded atom count of the class holding an ``n``-atom structure (8, 16, 32, ...)."""
+    c = MIN_CLASS
+    while c < n:
+        c *= 2
+    return c
+
+
+def _load_source(source: Any) -> list:
+    """Inputs as a list of ``ase.Atoms`` (one per input id), or raise for an unreadable source."""
+    from ase import Atoms
+
+    from jaxcsp.io import to_ase
+
+    if isinstance(source, (str, os.PathLike)):
+        import ase.io
+
+        from jaxcsp.errors import StructureFileError
+
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise StructureFileError("no such file", path=path)
+        try:
+            images = ase.io.read(path, index=":")
+        except Exception as e:
+            raise StructureFileError(f"could not parse ({type(e).__name__}: {e})", path=path) from e
+        return list(images) if isinstance(images, list) else [images]
+    if isinstance(source, Crystals):
+        return to_ase(source)
+    if isinstance(source, Atoms):
+        return [source]
+    return list(source)
+
+
+def _fingerprint(atoms) -> str:
+    h = hashlib.sha1()
+    h.update(np.asarray(atoms.numbers, np.int64).tobytes())
+    h.update(np.round(np.asarray(atoms.cell.array, np.float64), 8).tobytes())
+    h.update(np.round(np.asarray(atoms.positions, np.float64), 8).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _done_ids(db) -> dict[int, str]:
+    done = {}
+    for row in db.select("input_id>=0", columns=["key_value_pairs"]):
+        done[int(row.input_id)] = str(row.get("input_hash", ""))
+    return done
+
+
+def _write_row(db, atoms, kvp: dict, energy=None, forces=None, stress=None) -> None:
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = atoms.copy()
+    if energy is not None:
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, stress=stress)
+    db.write(atoms, key_value_pairs=kvp)
+
+
+@dataclasses.dataclass
+class _Work:
+    input_id: int
+    atoms: Any
+    crystal: Crystals  # batch of one, float64/float32 per x64
+    natoms: int
+    digest: str
+
+
+def _prepare(images: list, potential, done: dict[int, str], db) -> tuple[list[_Work], int, int]:
+    """Validate inputs one by one; write rows for invalid ones; return the remaining work."""
+    from jaxcsp.io import from_ase
+    from jaxcsp.potentials import check_species
+
+    work, skipped, written = [], 0, 0
+    for i, atoms in enumerate(images):
+        digest = _fingerprint(atoms)
+        if i in done:
+            if done[i] != digest:
+                raise JaxcspError(
+                    f"database already holds input_id {i} with a different structure "
+                    f"(hash {done[i]} != {digest}): is this the same source?"
+                )
+            skipped += 1
+            continue
+        try:
+            c = from_ase(atoms, source=f"input {i}")
+            check_species(potential, c, source=f"input {i}")
+        except InvalidStructureError as e:
+            _write_row(
+                db,
+                atoms,
+                dict(
+                    input_id=i,
+                    input_hash=digest,
+                    status="invalid",
+                    converged=False,
+                    steps=0,
+                    force_calls=0,
+                    error=str(e)[:500],
+                ),
+            )
+            written += 1
+            continue
+        work.append(_Work(i, atoms, c, len(atoms), digest))
+    return work, skipped, written
+
+
+def _lanes(batch: Crystals | None, items: list, n_pad: int, filler: Crystals) -> Crystals:
+    """Host side: a fixed-shape batch with ``items[k]`` in lane ``k``.
+
+    Lanes whose item is ``None`` keep ``batch``'s content (or the ``filler`` structure when
+    building the first batch), so every lane always holds a valid crystal.
+    """
+    from jaxcsp.crystal import pad
+
+    fields = ("lattice", "frac", "species", "mask")
+    if batch is None:
+        first = pad(filler, n_pad)
+        leaves = {f: np.repeat(np.asarray(getattr(first, f)), len(items), axis=0) for f in fields}
+    else:
+        leaves = {f: np.array(getattr(batch, f)) for f in fields}
+    for k, w in enumerate(items):
+        if w is not None:
+            one = pad(w.crystal, n_pad)
+            for f in fields:
+                leaves[f][k] = np.asarray(getattr(one, f))[0]
+    return Crystals(**{f: jnp.asarray(v) for f, v in leaves.items()})
+
+
+@jax.jit
+def _merge(mask, new, old):
+    def sel(a, b):
+        m = mask.reshape(mask.shape + (1,) * (a.ndim - 1))
+        return jnp.where(m, a, b)
+
+    return jax.tree.map(sel, new, old)
+
+
+def relax_stream(
+    source: Any,
+    potential,
+    *,
+    db: str | os.PathLike,
+    max_atoms: int = 2048,
+    method: str = "bfgs_linesearch",
+    fmax: float = 0.01,
+    cell_filter: str | None = None,
+    max_steps: int = 1000,
+    pressure: float = 0.0,
+    refill_every: int = 10,
+    neighbor_method: str = "auto",
+    progress: bool = True,
+    **options: Any,
+) -> StreamSummary:
+    """Relax every structure of ``source`` with continuous batching, writing rows as they finish.
+
+    Args:
+      source: a structure file (anything ASE reads), a ``Crystals`` batch, or a sequence of
+        ``ase.Atoms``; input ``i`` is the ``i``-th structure.
+      potential: any :class:`~jaxcsp.potentials.Potential`.
+      db: ASE database path or URL (SQLite by default); created if missing, resumed if not.
+      max_atoms: atom cap ``N_max`` per batch: a class of padded size ``n`` runs
+        ``max(1, max_atoms // n)`` slots.
+      method, fmax, cell_filter, max_steps, pressure: as in :func:`jaxcsp.optimize.relax`.
+      refill_every: steps between refills (and database writes).
+      neighbor_method: neighbor-list backend.
+      progress: show a progress bar with throughput.
+      **options: optimizer hyperparameters.
+
+    Returns:
+      :class:`StreamSummary`.
+
+    Raises:
+      StructureFileError: unreadable source. JaxcspError: bad arguments, or a database that
+      holds rows of a different source.
+    """
+    import ase.db
+
+    _check_args(method, cell_filter)
+    t0 = time.perf_counter()
+    images = _load_source(source)
+    con = ase.db.connect(os.fspath(db))
+    done = _done_ids(con)
+    work, skipped, written = _prepare(images, potential, done, con)
+    statuses: dict[str, int] = {"invalid": written} if written else {}
+    opts = tuple(sorted(options.items()))
+    kw = dict(method=method, options=opts, cell_filter=cell_filter)
+    compiles = 0
+
+    bar = None
+    if progress and work:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(work), desc=f"relax_stream ({method})", unit="struct")
+
+    classes: dict[int, list[_Work]] = {}
+    for w in work:
+        classes.setdefault(size_class(w.natoms), []).append(w)
+
+    for n_pad in sorted(classes, reverse=True):
+        queue = list(classes[n_pad])
+        slots = max(1, min(len(queue), max_atoms // n_pad))
+        filler = queue[0].crystal
+        lanes: list[_Work | None] = [queue.pop(0) if queue else None for _ in range(slots)]
+        batch = _lanes(None, lanes, n_pad, filler)
+        # neighbor shapes from every structure of the class, so refills fit
+        from jaxcsp.crystal import concatenate
+        from jaxcsp.crystal import pad as pad_crystals
+
+        everyone = concatenate([pad_crystals(w.crystal, n_pad) for w in classes[n_pad]])
+        growth = 1.0
+        spec = _spec_for(potential, everyone, method=neighbor_method)
+        before = _run._cache_size() + _init._cache_size()
+
+        def start(batch, spec):
+            data = make_data(batch, pressure=pressure)
+            x0, row_mask = initial_dofs(batch, cell_filter)
+            st = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
+            return data, st
+
+        data, state = start(batch, spec)
+        idle = jnp.asarray([w is None for w in lanes])
+        state = state._replace(status=jnp.where(idle, 1, state.status))
+        while True:
+            if bool(jnp.any(state.overflow)):
+                growth *= 2.0
+                spec = _spec_for(potential, batch, method=neighbor_method, growth=growth)
+                data, fresh = start(batch, spec)
+                # restart every lane of this batch with the larger shapes (deterministic)
+                state = fresh._replace(status=jnp.where(idle, 1, fresh.status))
+                continue
+            status = np.asarray(state.status)
+            finished = [k for k, w in enumerate(lanes) if w is not None and status[k] != RUNNING]
+            if finished:
+                final = crystals_from_dofs(state.x, data, cell_filter)
+                nl = None
+                if spec is not None:
+                    from jaxcsp import neighbors as nb
+
+                    nl = nb.update(spec, final)
+                res = _calc_jit(potential, final, nl)
+                fm = np.asarray(masked_fmax(state.grad, state.row_mask))
+                e = np.asarray(res.energy)
+                f = np.asarray(res.forces)
+                s = np.asarray(res.stress)
+                steps = np.asarray(state.steps)
+                calls = np.asarray(state.force_calls)
+                from jaxcsp.io import to_ase
+
+                for k in finished:
+                    w = lanes[k]
+                    one = final.take(jnp.asarray([k]))
+                    atoms = to_ase(one)[0]
+                    name = STATUS_NAMES[int(status[k])]
+                    energy = float(e[k]) if np.isfinite(e[k]) else None
+                    voigt = s[k][[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+                    _write_row(
+                        con,
+                        atoms,
+                        dict(
+                            input_id=w.input_id,
+                            input_hash=w.digest,
+                            status=name,
+                            converged=name == "converged",
+                            steps=int(steps[k]),
+                            force_calls=int(calls[k]),
+                            max_force=float(fm[k]),
+                            n_atoms=w.natoms,
+                            energy_per_atom=(energy / w.natoms) if energy is not None else 0.0,
+                        ),
+                        energy=energy,
+                        forces=f[k][: w.natoms] if energy is not None else None,
+                        stress=voigt if energy is not None else None,
+                    )
+                    statuses[name] = statuses.get(name, 0) + 1
+                    written += 1
+                    lanes[k] = queue.pop(0) if queue else None
+                if bar is not None:
+                    bar.update(len(finished))
+                    bar.set_postfix(
+                        rate=f"{bar.n / max(time.perf_counter() - t0, 1e-9):.1f}/s",
+                        slots=slots,
+                        n=n_pad,
+                    )
+                refill = [k for k in finished if lanes[k] is not None]
+                idle = jnp.asarray([w is None for w in lanes])
+                if refill:
+                    batch = _lanes(
+                        batch,
+                        [lanes[k] if k in refill else None for k in range(slots)],
+                        n_pad,
+                        filler,
+                    )
+                    data, fresh = start(batch, spec)
+                    mask = jnp.zeros(slots, bool).at[jnp.asarray(refill)].set(True)
+                    state = _merge(mask, fresh, state)
+                state = state._replace(status=jnp.where(idle, 1, state.status))
+            if all(w is None for w in lanes):
+                break
+            state = _run(state, data, potential, spec, n_steps=refill_every, **kw)
+        compiles += _run._cache_size() + _init._cache_size() - before
+    if bar is not None:
+        bar.close()
+    return StreamSummary(
+        total=len(images),
+        skipped=skipped,
+        written=written,
+        statuses=statuses,
+        wall_s=time.perf_counter() - t0,
+        compiles=compiles,
+    )
+
+
+@jax.jit
+def _calc_jit(potential, crystals, neighbors):
+    from jaxcsp.calculator import calculate_with_neighbors
+
+    return calculate_with_neighbors(potential, crystals, neighbors)
