@@ -8,7 +8,8 @@ The public contract is in DESIGN.md §4; the names re-exported here are stable.
 1
 """
 
-from jaxcsp import elements, errors, io
+from jaxcsp import elements, errors, io, neighbors, optimize, potentials, symmetry
+from jaxcsp.calculator import Results, calculate
 from jaxcsp.crystal import Crystals, compact, concatenate, pad, stack, unstack
 from jaxcsp.errors import InvalidStructureError, JaxcspError, StructureFileError
 
@@ -17,15 +18,21 @@ __version__ = "0.1.0"
 __all__ = [
     "Crystals",
     "InvalidStructureError",
+    "Results",
     "JaxcspError",
     "StructureFileError",
     "__version__",
+    "calculate",
     "compact",
     "concatenate",
     "elements",
     "errors",
     "io",
+    "neighbors",
+    "optimize",
     "pad",
+    "potentials",
     "stack",
+    "symmetry",
     "unstack",
 ]
