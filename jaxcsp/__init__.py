@@ -18,8 +18,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Crystals",
     "InvalidStructureError",
-    "Results",
     "JaxcspError",
+    "Results",
     "StructureFileError",
     "__version__",
     "calculate",
