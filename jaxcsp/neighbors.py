@@ -292,8 +292,7 @@ def _build(
         use_kernel=method == "pallas",
     )
     # Fold the wrap back in: r_j - r_i + shift @ L with the coordinates as given.
-    o_j = jax.vmap(lambda o_b, j_b: o_b[j_b])(o, raw.index)
-    shift = raw.shift + o[:, :, None, :] - o_j
+    shift = raw.shift + o[:, :, None, :] - _pk.gather_neighbors(o, raw.index)
     shift = jnp.where(raw.mask[..., None], shift, 0)
     max_count = jnp.max(raw.count, axis=-1, initial=0)
     overflow = (max_count > capacity) | image_overflow

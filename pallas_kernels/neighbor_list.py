@@ -67,6 +67,7 @@ __all__ = [
     "candidate_words",
     "candidate_words_reference",
     "compact_candidates",
+    "gather_neighbors",
     "neighbor_list",
     "neighbor_list_reference",
     "pair_lower_shift",
@@ -82,6 +83,8 @@ BITS = 32
 TILE_PAIRS = 1024
 #: Largest ``T_i = T_j``.
 MAX_TILE = 32
+#: The XLA twin unrolls the image loop up to this many candidate images per pair.
+UNROLL_IMAGES = 64
 #: Per-crystal parameter vector: 9 lattice entries, 3 reduced cutoffs, cutoff², padding.
 NPARAM = 16
 
@@ -305,12 +308,35 @@ def candidate_words_reference(
     ``(..., 3)`` minor axes badly. This is the XLA path of :mod:`jaxcsp.neighbors`.
     """
     _check_shapes(w, lattice, mask, x)
-    return jax.vmap(functools.partial(_candidate_words_one, images=images), (0, 0, 0, 0, None))(
-        w, lattice, mask, x, cutoff
-    )
+    one = functools.partial(_candidate_words_one, cutoff=cutoff, images=images)
+    token = jnp.sum(mask, dtype=jnp.int32) >= 0
+    return fence(jax.vmap(one), token, w, lattice, mask, x)
 
 
-def _candidate_words_one(w, lattice, mask, x, cutoff, *, images):
+def fence(fn, token: Array, *args: Any) -> Any:
+    """``fn(*args)``, computed once and materialised.
+
+    XLA:CPU happily fuses a cheap producer into *each* of its consumers, so a gather from the
+    candidate words re-runs the distance test per gathered element, and every use of the
+    compaction re-runs the popcount search. ``optimization_barrier`` does not survive the CPU
+    pipeline; a ``while_loop`` whose trip count (one) depends on data does. ``token`` must be a
+    traced bool that is always True but that XLA cannot prove so (e.g. ``sum(mask) >= 0``).
+    Integer outputs only need this; it is transparent to ``vmap``/``jvp`` of integer results.
+    """
+    shapes = jax.eval_shape(fn, *args)
+    init = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), shapes)
+    trips = jnp.asarray(token).astype(jnp.int32)
+
+    def body(state):
+        i, _ = state
+        # Inputs depend on the counter, so loop-invariant code motion cannot hoist ``fn`` out.
+        live = jax.tree.map(lambda a: jnp.where(i < trips, a, jnp.zeros_like(a)), args)
+        return i + 1, fn(*live)
+
+    return jax.lax.while_loop(lambda st: st[0] < trips, body, (jnp.int32(0), init))[1]
+
+
+def _candidate_words_one(w, lattice, mask, x, *, cutoff, images):
     n = w.shape[0]
     m = math.prod(images)
     words = num_words(images)
@@ -321,23 +347,32 @@ def _candidate_words_one(w, lattice, mask, x, cutoff, *, images):
     pair_ok = mask[:, None] & mask[None, :]
     diag = jnp.eye(n, dtype=bool)
     rc2 = jnp.asarray(cutoff, w.dtype) ** 2
-    box = np.zeros((words * BITS, 3), np.int32)
     t = np.arange(m)
-    box[:m] = np.stack(
-        [t // (images[1] * images[2]), (t // images[2]) % images[1], t % images[2]], -1
-    )
-    valid_t = np.arange(words * BITS) < m
+    box = np.stack([t // (images[1] * images[2]), (t // images[2]) % images[1], t % images[2]], -1)
 
-    def one_image(t, ok_t):
-        off = t.astype(w.dtype) @ lattice
+    def one_image(t):
+        off = [t[0] * lattice[0, c] + t[1] * lattice[1, c] + t[2] * lattice[2, c] for c in range(3)]
         d2 = (base[0] + off[0]) ** 2 + (base[1] + off[1]) ** 2 + (base[2] + off[2]) ** 2
         self_pair = diag & (lo[0] == -t[0]) & (lo[1] == -t[1]) & (lo[2] == -t[2])
-        return (d2 < rc2) & pair_ok & ~self_pair & ok_t
+        return (d2 < rc2) & pair_ok & ~self_pair
 
-    ok = jax.vmap(one_image)(jnp.asarray(box), jnp.asarray(valid_t))  # (W*32, N, N)
-    ok = ok.reshape(words, BITS, n, n).astype(jnp.uint32)
-    shifts = jnp.arange(BITS, dtype=jnp.uint32)[None, :, None, None]
-    packed = jnp.sum(ok << shifts, axis=1, dtype=jnp.uint32)  # (W, N, N)
+    if m <= UNROLL_IMAGES:
+        # One fused loop over the (N, N) plane per output word, images unrolled (like the kernel).
+        packed = []
+        for u in range(words):
+            acc = jnp.zeros((n, n), jnp.uint32)
+            for b in range(min(BITS, m - u * BITS)):
+                t = [int(v) for v in box[u * BITS + b]]
+                acc = acc | (one_image(t).astype(jnp.uint32) << b)
+            packed.append(acc)
+        packed = jnp.stack(packed)  # (W, N, N)
+    else:
+        ok = jax.vmap(one_image)(jnp.asarray(box, w.dtype).T[..., None, None].transpose(1, 0, 2, 3))
+        if words * BITS != m:
+            ok = jnp.concatenate([ok, jnp.zeros((words * BITS - m, n, n), bool)], axis=0)
+        ok = ok.reshape(words, BITS, n, n).astype(jnp.uint32)
+        shifts = jnp.arange(BITS, dtype=jnp.uint32)[None, :, None, None]
+        packed = jnp.sum(ok << shifts, axis=1, dtype=jnp.uint32)  # (W, N, N)
     return jnp.transpose(packed, (1, 0, 2))  # (N, W, N)
 
 
@@ -354,10 +389,8 @@ def compact_candidates(
 ) -> RawNeighbors:
     """Compact candidate words into fixed-capacity lists (XLA; shared by kernel and XLA path).
 
-    XLA:CPU is slow at long prefix sums, sorts and scatters but fast at fused element-wise work,
-    so each row's words are prefix-summed by popcount (a small triangular matmul, exact in
-    float32), every slot finds its word by a branch-free binary search (``log2`` of the words per
-    row gathers) and its bit by a popcount binary search inside the word.
+    All rows of the batch are processed as one ``(B N, C)`` matrix with flat indices (XLA:CPU
+    handles flat gathers well and batched ones badly). See :func:`_compact_rows`.
 
     Args:
       words: ``(B, N, W, N)`` uint32 from :func:`candidate_words` (or its reference).
@@ -369,51 +402,87 @@ def compact_candidates(
     Returns:
       :class:`RawNeighbors` (shifts relative to the wrapped coordinates).
     """
-    _, n, nw, _ = words.shape
+    b, n, nw, _ = words.shape
+    r = b * n
+    token = jnp.sum(jnp.isnan(x), dtype=jnp.int32) >= 0
+    src, slot_mask, count = fence(
+        functools.partial(_compact_rows, capacity=capacity), token, words.reshape(r, nw * n)
+    )
+    word_id = src // BITS
+    t = (word_id // n) * BITS + src % BITS
+    own = jnp.arange(r, dtype=jnp.int32)[:, None] % n
+    j = jnp.where(slot_mask, word_id % n, own)
+    first = jnp.arange(r, dtype=jnp.int32)[:, None] - own  # flat index of atom 0 of the crystal
+    w_flat = w.reshape(r, 3)
+    w_j = w_flat[(first + j).reshape(-1)].reshape(r, capacity, 3)
+    x_r = jnp.repeat(x, n, axis=0)[:, None, :]
+    lo = pair_lower_shift(w_flat[:, None, :], w_j, x_r)
+    s = jnp.where(slot_mask[..., None], lo + decode_image(t, images), 0)
+    return RawNeighbors(
+        j.reshape(b, n, capacity).astype(jnp.int32),
+        s.reshape(b, n, capacity, 3).astype(jnp.int32),
+        slot_mask.reshape(b, n, capacity),
+        count.reshape(b, n),
+    )
 
-    def one(words_b, w_b, x_b):
-        src, slot_mask, count = jax.vmap(lambda r: _compact_row(r, capacity))(
-            words_b.reshape(n, nw * n)
-        )
-        word_id = src // BITS
-        j = word_id % n
-        t = (word_id // n) * BITS + src % BITS
-        j = jnp.where(slot_mask, j, jnp.arange(n, dtype=jnp.int32)[:, None])
-        lo = pair_lower_shift(w_b[:, None, :], w_b[j], x_b)
-        s = jnp.where(slot_mask[..., None], lo + decode_image(t, images), 0)
-        return j.astype(jnp.int32), s.astype(jnp.int32), slot_mask, count
 
-    return RawNeighbors(*jax.vmap(one)(words, w, x))
+def gather_neighbors(values: Array, index: Array) -> Array:
+    """``values[b, index[b, i, k]]`` for ``values (B, N, ...)`` and ``index (B, N, K)``.
+
+    A flat gather (XLA:CPU lowers batched ``vmap`` gathers to much slower code).
+
+    Returns:
+      ``(B, N, K, ...)``.
+    """
+    b, n = values.shape[:2]
+    first = (jnp.arange(b, dtype=jnp.int32) * n)[:, None, None]
+    flat = values.reshape(b * n, *values.shape[2:])
+    return flat[(first + index).reshape(-1)].reshape(*index.shape, *values.shape[2:])
 
 
-def _compact_row(words: Array, capacity: int) -> tuple[Array, Array, Array]:
-    """Slots of the set bits of one row ``words (C,)`` uint32 -> ``src (K,)`` bit numbers,
-    ``slot_mask (K,)`` and ``count ()``."""
-    c = words.shape[0]
-    pc = jax.lax.population_count(words).astype(jnp.int32)
+def _prefix_sum(v: Array) -> Array:
+    """Inclusive prefix sum of small non-negative counts along the last axis of ``(R, C)``.
+
+    A triangular matmul in float32 (exact below 2**24): XLA:CPU's cumulative ops are slow.
+    """
+    c = v.shape[-1]
     if c == 1:
-        incl = pc
-    else:
-        tri = jnp.triu(jnp.ones((c, c), jnp.float32))  # exact: counts < 2**24
-        incl = jnp.round(pc.astype(jnp.float32) @ tri).astype(jnp.int32)
-    count = incl[-1]
-    k = jnp.arange(capacity, dtype=jnp.int32)
-    wk = jnp.zeros((capacity,), jnp.int32)  # number of words with inclusive prefix <= k
-    step = 1 << max(0, (c - 1).bit_length())
-    while step >= 1:
-        nxt = wk + step
-        go = (nxt <= c) & (incl[jnp.minimum(nxt, c) - 1] <= k)
-        wk = jnp.where(go, nxt, wk)
-        step //= 2
-    wk = jnp.minimum(wk, c - 1)
-    word = words[wk]
-    rank = k - (incl - pc)[wk]
+        return v.astype(jnp.int32)
+    tri = jnp.triu(jnp.ones((c, c), jnp.float32))
+    return jnp.round(v.astype(jnp.float32) @ tri).astype(jnp.int32)
+
+
+def _compact_rows(words: Array, capacity: int) -> tuple[Array, Array, Array]:
+    """Slots of the set bits of each row of ``words (R, C)`` uint32.
+
+    1. popcount and inclusive prefix ``incl`` per word (triangular matmul);
+    2. the word holding slot ``k`` is ``#{c : incl_c <= k}``: a histogram of ``incl`` (one
+       scatter-add per word, not per bit) prefix-summed over the ``K`` slots;
+    3. one flat gather fetches that word and its exclusive prefix, and a 5-step popcount binary
+       search finds the ``(k - excl)``-th set bit inside it.
+
+    Returns:
+      ``src (R, K)`` int32 bit numbers ``32 c + b`` (0 in unused slots), ``slot_mask (R, K)`` and
+      ``count (R,)`` int32 set bits per row (may exceed ``K``).
+    """
+    r, c = words.shape
+    k = capacity
+    pc = jax.lax.population_count(words).astype(jnp.int32)
+    incl = _prefix_sum(pc)
+    count = incl[:, -1]
+    rows = jnp.arange(r, dtype=jnp.int32)[:, None]
+    at = (rows * (k + 1) + jnp.minimum(incl, k)).reshape(-1)
+    hist = jnp.zeros((r * (k + 1),), jnp.float32).at[at].add(1.0, indices_are_sorted=True)
+    wk = jnp.minimum(_prefix_sum(hist.reshape(r, k + 1)[:, :k]), c - 1)
+    flat = (rows * c + wk).reshape(-1)
+    word = words.reshape(-1)[flat].reshape(r, k)
+    rank = jnp.arange(k, dtype=jnp.int32)[None, :] - (incl - pc).reshape(-1)[flat].reshape(r, k)
     pos = jnp.zeros_like(rank)
     for s in (16, 8, 4, 2, 1):
         low = (jnp.uint32(1) << (pos + s).astype(jnp.uint32)) - jnp.uint32(1)
         below = jax.lax.population_count(word & low).astype(jnp.int32)
         pos = jnp.where(below <= rank, pos + s, pos)
-    slot_mask = k < count
+    slot_mask = jnp.arange(k, dtype=jnp.int32)[None, :] < count[:, None]
     return jnp.where(slot_mask, wk * BITS + pos, 0), slot_mask, count
 
 
