@@ -154,3 +154,21 @@ def test_malformed_tersoff_file_raises(tmp_path, text, match):
 def test_missing_tersoff_file_raises(tmp_path):
     with pytest.raises(ParameterFileError, match="cannot read"):
         P.tersoff(tmp_path / "nope.tersoff")
+
+
+def test_tersoff_matches_ase_tersoff_calculator():
+    """ASE's pure-Python Tersoff (same LAMMPS file) on a rattled, sheared 8-atom cell."""
+    from ase.calculators.tersoff import Tersoff
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    at = bulk("Si", "diamond", a=A_SI, cubic=True)
+    shear = np.array([[1.0, 0.05, 0], [0, 1.0, 0], [-0.03, 0, 1.02]])
+    at.set_cell(at.cell @ shear, scale_atoms=True)
+    at.rattle(0.1, seed=3)
+    at.calc = Tersoff.from_lammps(TERSOFF_SI)
+    r = calculate(P.tersoff(TERSOFF_SI), jio.from_ase([at]))
+    np.testing.assert_allclose(float(r.energy[0]), at.get_potential_energy(), rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(r.forces[0]), at.get_forces(), atol=1e-8)
+    np.testing.assert_allclose(
+        full_3x3_to_voigt_6_stress(np.asarray(r.stress[0])), at.get_stress(), atol=1e-9
+    )

@@ -271,11 +271,14 @@ def _tersoff_energy(params: Any, crystal: Crystals, neighbors: Any, options: Any
     ti = types[:, None]  # (N, 1)
     tj = types[neighbors.index]  # (N, K)
     t3 = p["three"]
-    two = {k: t3[k][ti, tj, tj] for k in ("n", "beta", "lam2", "B", "R", "D", "lam1", "A")}
+    if t3["A"].shape[0] == 1:  # one element: scalars, no per-edge / per-triplet gathers
+        two = three = {k: v[0, 0, 0] for k, v in t3.items()}
+    else:
+        two = {k: t3[k][ti, tj, tj] for k in ("n", "beta", "lam2", "B", "R", "D", "lam1", "A")}
+        a, b, c = ti[:, :, None], tj[:, :, None], tj[:, None, :]
+        three = {k: t3[k][a, b, c] for k in ("m", "gamma", "lam3", "c", "d", "h", "R", "D")}
     fc_ij = jnp.where(live, _fc(r, two["R"], two["D"]), 0.0)
-    # three-body (N, K_j, K_k)
-    a, b, c = ti[:, :, None], tj[:, :, None], tj[:, None, :]
-    three = {k: t3[k][a, b, c] for k in ("m", "gamma", "lam3", "c", "d", "h", "R", "D")}
+    # three-body tensors (N, K_j, K_k)
     unit = vec / r[..., None]
     cos = jnp.einsum("nja,nka->njk", unit, unit)
     rij, rik = r[:, :, None], r[:, None, :]

@@ -108,9 +108,12 @@ def _pair_energy(params: Any, crystal: Crystals, neighbors: Any, options: tuple)
     vec = edge_vectors_single(crystal, neighbors)
     r, live = masked_distances(vec, neighbors.mask, cutoff, fill=cutoff)
     types = p["types"][crystal.species]
-    ti = types[:, None]
-    tj = types[neighbors.index]
-    pair_p = {k: v[ti, tj] for k, v in p["pair"].items()}
+    if p["pair"]["A" if kind == "buckingham" else "epsilon"].shape[-1] == 1:
+        pair_p = {k: v[0, 0] for k, v in p["pair"].items()}  # one type: no per-edge gathers
+    else:
+        ti = types[:, None]
+        tj = types[neighbors.index]
+        pair_p = {k: v[ti, tj] for k, v in p["pair"].items()}
     fn = _PAIR_FNS[kind]
     phi = fn(r, pair_p)
     if mode == "shift":
