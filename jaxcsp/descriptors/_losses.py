@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcsp.crystal import Crystals
-from jaxcsp.descriptors._so3 import so3_power_spectrum
+from jaxcsp.descriptors._so3 import _check_params, _spectrum, so3_power_spectrum
 from jaxcsp.errors import InvalidStructureError
 
 __all__ = [
@@ -163,6 +163,11 @@ def descriptor_loss(
     weight_on: bool = False,
     weighting: str = "multiplicity",
     per_component: bool = True,
+    max_edges: int | None = None,
+    cn_target: float = 3.0,
+    cn_weight: float = 0.0,
+    cn_width: float = 0.1,
+    cn_reach: float = 0.5,
 ) -> tuple[Array, dict[str, Array]]:
     """Per-structure descriptor loss of a Wyckoff batch (differentiable in its free variables).
 
@@ -175,11 +180,20 @@ def descriptor_loss(
       weighting: ``"multiplicity"`` (PyXtal: sites weighted by multiplicity) or ``"site"``
         (Eq. 1: each Wyckoff site counts once).
       per_component: divide by the number of components ``F`` (Eq. 1).
+      max_edges: static capacity of one batch-wide list of the site centers' edges within
+        ``rcut`` (only those are evaluated: much faster when sites and neighbor counts vary);
+        ``None`` evaluates every neighbor slot of every (padded) site.
+      cn_target, cn_weight, cn_width, cn_reach: optional coordination term added to the loss,
+        ``cn_weight * sum_j w_j (CN~_j - cn_target)^2 / sum_j w_j`` with the smooth CN of
+        :func:`~jaxcsp.descriptors.smooth_coordination_numbers` (Fermi width ``cn_width`` Å,
+        taper ``cn_reach`` Å past PyXtal's bond cutoff); it gives isolated or over-coordinated
+        sites a gradient toward the target CN. The neighbor list must reach
+        ``max(rcut, bond cutoff + cn_reach)``. Off by default (``cn_weight = 0``).
 
     Returns:
       ``(loss (B,), aux)`` with ``aux = {"spectra": (B, S, F), "overflow": (B,) bool,
-      "crystals": Crystals}``. Where ``overflow`` is set the neighbor list was incomplete: build
-      a new ``spec`` on the host and recompute.
+      "num_edges": () int, "crystals": Crystals}``. Where ``overflow`` is set the neighbor list
+      (or the edge list) was incomplete: choose larger shapes on the host and recompute.
     """
     from jaxcsp.neighbors import update
     from jaxcsp.symmetry import reconstruct
@@ -191,16 +205,49 @@ def descriptor_loss(
     c = reconstruct(wc)
     nl = update(spec, c)
     centers, mult = site_centers(wc)
-    p = so3_power_spectrum(
+    nmax, lmax, rcut, alpha = _check_params(nmax, lmax, rcut, alpha)
+    if nl.cutoff < rcut * (1 - 1e-12):
+        raise InvalidStructureError(
+            f"neighbor list cutoff {nl.cutoff} Å is smaller than rcut {rcut} Å", field="spec"
+        )
+    p, edge_overflow = _spectrum(
         c,
+        nl.index,
+        nl.shift,
+        nl.mask,
+        centers,
         nmax=nmax,
         lmax=lmax,
         rcut=rcut,
         alpha=alpha,
-        weight_on=weight_on,
-        neighbors=nl,
-        centers=centers,
+        weight_on=bool(weight_on),
+        max_edges=max_edges,
     )
     w = mult if weighting == "multiplicity" else wc.site_mask
     loss = spectrum_loss(p, reference, w, per_component=per_component)
-    return loss, {"spectra": p, "overflow": nl.overflow, "crystals": c}
+    if cn_weight:
+        from jaxcsp.descriptors._coordination import smooth_coordination_numbers
+
+        scn = smooth_coordination_numbers(
+            c, width=cn_width, taper=cn_reach / cn_width, neighbors=nl
+        )
+        scn = jnp.take_along_axis(scn, centers, axis=1)
+        wf = w.astype(loss.dtype)
+        dev = jnp.sum(wf * (scn - cn_target) ** 2, axis=-1) / jnp.maximum(jnp.sum(wf, -1), 1)
+        loss = loss + cn_weight * dev
+    return loss, {
+        "spectra": p,
+        "overflow": nl.overflow | edge_overflow,
+        "crystals": c,
+        "num_edges": _count_edges(c, nl, centers, wc.site_mask, rcut),
+    }
+
+
+def _count_edges(c: Crystals, nl: Any, centers: Array, site_mask: Array, rcut: float) -> Array:
+    """Edges within ``rcut`` of the real site centers of the batch (``()`` int32)."""
+    from jaxcsp.neighbors import edge_vectors
+
+    v = edge_vectors(c, nl)  # (B, N, K, 3)
+    live = nl.mask & (jnp.sum(v * v, axis=-1) < rcut**2)
+    per_site = jnp.take_along_axis(jnp.sum(live, axis=-1), centers, axis=1)
+    return jnp.sum(jnp.where(site_mask, per_site, 0), dtype=jnp.int32)

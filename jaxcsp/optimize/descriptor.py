@@ -432,8 +432,9 @@ class DescriptorResult:
 
     Attributes:
       wc: optimised :class:`~jaxcsp.symmetry.WyckoffCrystals` (best parameters per sample).
-      loss: ``(B,)`` final descriptor loss (recomputed at ``wc`` with a fresh neighbor list).
-      initial_loss: ``(B,)`` loss of the input.
+      loss: ``(B,)`` final descriptor loss (recomputed at ``wc`` with a fresh neighbor list;
+        without the optional smooth-CN term).
+      initial_loss: ``(B,)`` loss of the input (same definition).
       spectra: ``(B, S, F)`` site spectra at ``wc``.
       initial_spectra: ``(B, S, F)`` site spectra of the input.
       steps: ``(B,) int32`` steps each sample was active.
@@ -572,7 +573,8 @@ def optimize_wyckoff(
         return with_free_variables(wc, p["cell"], p["coords"])
 
     spec = _spec_for(reconstruct(as_wc(params)), cutoff)
-    loss0, aux0 = descriptor_loss(as_wc(params), reference, spec, **kw)
+    report = {**kw, "cn_weight": 0.0}  # losses reported without the optional CN term
+    loss0, aux0 = descriptor_loss(as_wc(params), reference, spec, **report)
     num_sites = int(jnp.sum(wc.site_mask))
     max_edges = _edge_capacity(aux0["num_edges"], num_sites)
 
@@ -624,7 +626,7 @@ def optimize_wyckoff(
     final = as_wc(best_params)
     final = final.replace(cell=jnp.where(wc.cell_free, final.cell, wc.cell))
     spec_f = _spec_for(reconstruct(final), cutoff)
-    loss1, aux1 = descriptor_loss(final, reference, spec_f, **kw)
+    loss1, aux1 = descriptor_loss(final, reference, spec_f, **report)
     ps = _plateau_state(opt_state)
     return DescriptorResult(
         wc=final,
