@@ -28,6 +28,7 @@ from jaxcsp.optimize._relax import (
     symmetry_operations,
 )
 from jaxcsp.optimize._stream import StreamSummary, relax_stream, size_class
+from jaxcsp.optimize._symmetric import WyckoffData, relax_wyckoff, wyckoff_from_dofs
 
 __all__ = [
     "CONVERGED",
@@ -44,6 +45,7 @@ __all__ = [
     "RelaxData",
     "RelaxResult",
     "StreamSummary",
+    "WyckoffData",
     "bfgs_linesearch",
     "crystals_from_dofs",
     "fire",
@@ -53,6 +55,8 @@ __all__ = [
     "masked_fmax",
     "relax",
     "relax_stream",
+    "relax_wyckoff",
     "size_class",
     "symmetry_operations",
+    "wyckoff_from_dofs",
 ]

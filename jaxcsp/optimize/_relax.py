@@ -121,8 +121,16 @@ def initial_dofs(crystals: Crystals, cell_filter: str | None) -> tuple[Array, Ar
     return x, jnp.concatenate([crystals.mask, jnp.ones((b, 3), bool)], axis=1)
 
 
-def crystals_from_dofs(x: Array, data: RelaxData, cell_filter: str | None) -> Crystals:
-    """The structures described by DOF rows ``x`` (traceable and differentiable)."""
+def crystals_from_dofs(x: Array, data: Any, cell_filter: str | None) -> Crystals:
+    """The structures described by DOF rows ``x`` (traceable and differentiable).
+
+    ``cell_filter`` is ``None``/``"frechet"`` (``data`` a :class:`RelaxData`) or ``"wyckoff"`` /
+    ``"wyckoff_fixed_cell"`` (``data`` a :class:`~jaxcsp.optimize._symmetric.WyckoffData`).
+    """
+    if cell_filter in ("wyckoff", "wyckoff_fixed_cell"):
+        from jaxcsp.optimize._symmetric import crystals_from_wyckoff_dofs
+
+        return crystals_from_wyckoff_dofs(x, data)
     n = data.mask.shape[-1]
     inv0 = jnp.linalg.inv(data.lattice0)
     if cell_filter is None:
@@ -167,13 +175,13 @@ def _objective(potential, spec, cell_filter: str | None) -> Callable:
             nl = nb.update(spec, jax.lax.stop_gradient(c))
             overflow = nl.overflow
             e = jax.vmap(potential.energy)(c, nl)
-        if cell_filter is not None:
+        if cell_filter not in (None, "wyckoff_fixed_cell"):
             e = e + data.pressure * jnp.abs(jnp.linalg.det(c.lattice))
         return jnp.sum(e), (e, overflow)
 
     def value_and_grad(x, data):
         (_, (e, overflow)), g = jax.value_and_grad(total, has_aux=True)(x, data)
-        if data.sym_perm is not None:
+        if getattr(data, "sym_perm", None) is not None:
             g = _symmetrize(g, data, cell_filter)
         return e, g, overflow
 

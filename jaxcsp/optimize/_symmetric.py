@@ -1,0 +1,159 @@
+"""Symmetry-preserving relaxation directly in Wyckoff free variables.
+
+The energy is minimised over the free variables of a :class:`~jaxcsp.symmetry.WyckoffCrystals`
+batch, with gradients flowing through :func:`~jaxcsp.symmetry.reconstruct`, so the space group
+holds by construction (it can only be *raised* by accident, never lowered).
+
+DOF rows (see :mod:`jaxcsp.optimize._base`), scaled so that ASE's per-row ``maxstep`` (Å) and
+``fmax`` (eV/Å) keep their meaning approximately: with ``ℓ = V0^(1/3)`` the starting cell's
+length scale,
+
+* rows ``0..S-1``: ``ℓ ·`` the site free coordinates ``(x, y, z)`` (fractional → Å); components
+  that are not free have exactly zero gradient and never move;
+* row ``S``: ``ℓ · log(a/a0, b/b0, c/c0)`` (a relative length change, Å);
+* row ``S+1``: ``ℓ ·`` the change of ``(α, β, γ)`` in radians (Å of shear).
+
+Only the lattice parameters free for the crystal system move. ``cell=False`` masks the two cell
+rows out (fixed cell). The objective is the enthalpy ``E + p V`` when the cell moves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxcsp.crystal import Crystals
+from jaxcsp.optimize._base import RUNNING, masked_fmax
+from jaxcsp.optimize._relax import RelaxResult, _check_args, _init, _run, _spec_for
+
+__all__ = ["WyckoffData", "crystals_from_wyckoff_dofs", "relax_wyckoff", "wyckoff_from_dofs"]
+
+Array = jax.Array
+
+
+class WyckoffData(NamedTuple):
+    """Per-structure constants of a Wyckoff relaxation.
+
+    Attributes:
+      wc: the starting :class:`~jaxcsp.symmetry.WyckoffCrystals` (index maps, species).
+      scale: ``(B,)`` ``ℓ = V0^(1/3)`` in Å.
+      abc0: ``(B, 3)`` starting lengths (Å). angles0: ``(B, 3)`` starting angles (radians).
+      pressure: ``(B,)`` eV/Å³.
+    """
+
+    wc: Any
+    scale: Array
+    abc0: Array
+    angles0: Array
+    pressure: Array
+
+
+def _initial(wc, cell: bool):
+    from jaxcsp.symmetry import reconstruct
+
+    c = reconstruct(wc, wrap=False)
+    vol = jnp.abs(c.volume)
+    scale = vol ** (1.0 / 3.0)
+    b = wc.site_mask.shape[0]
+    x = jnp.concatenate(
+        [wc.coords * scale[:, None, None], jnp.zeros((b, 2, 3), wc.cell.dtype)], axis=1
+    )
+    row_mask = jnp.concatenate([wc.site_mask, jnp.full((b, 2), cell)], axis=1)
+    return x, row_mask, scale
+
+
+def wyckoff_from_dofs(x: Array, data: WyckoffData):
+    """The :class:`~jaxcsp.symmetry.WyckoffCrystals` described by DOF rows ``x`` (traceable)."""
+    s = data.wc.site_mask.shape[1]
+    scale = data.scale[:, None]
+    coords = x[:, :s] / scale[..., None]
+    abc = data.abc0 * jnp.exp(x[:, s] / scale)
+    angles = jnp.rad2deg(data.angles0 + x[:, s + 1] / scale)
+    return data.wc.replace(coords=coords, cell=jnp.concatenate([abc, angles], axis=-1))
+
+
+def crystals_from_wyckoff_dofs(x: Array, data: WyckoffData) -> Crystals:
+    """The reconstructed crystals of DOF rows ``x`` (traceable, differentiable)."""
+    from jaxcsp.symmetry import reconstruct
+
+    return reconstruct(wyckoff_from_dofs(x, data), wrap=False)
+
+
+def relax_wyckoff(
+    wc,
+    potential,
+    *,
+    method: str = "bfgs_linesearch",
+    fmax: float = 0.01,
+    cell: bool = True,
+    max_steps: int = 1000,
+    pressure: float = 0.0,
+    chunk: int = 50,
+    neighbor_method: str = "auto",
+    **options: Any,
+) -> tuple[Any, RelaxResult]:
+    """Relax a ``WyckoffCrystals`` batch in its free variables (symmetry kept by construction).
+
+    Args:
+      wc: concrete :class:`~jaxcsp.symmetry.WyckoffCrystals` batch.
+      potential: any :class:`~jaxcsp.potentials.Potential`.
+      method: ``"bfgs_linesearch"``, ``"fire"`` or ``"lbfgs"``.
+      fmax: convergence threshold on the largest DOF-gradient row (≈ eV/Å, see the module
+        docstring).
+      cell: also relax the free lattice parameters.
+      max_steps, pressure (eV/Å³), chunk, neighbor_method, **options: as in
+        :func:`jaxcsp.optimize.relax`.
+
+    Returns:
+      ``(wc_final, result)``: the relaxed Wyckoff batch and a
+      :class:`~jaxcsp.optimize.RelaxResult` for the reconstructed crystals.
+    """
+    from jaxcsp.calculator import calculate
+    from jaxcsp.potentials import check_species
+    from jaxcsp.symmetry import reconstruct
+
+    mode = "wyckoff" if cell else "wyckoff_fixed_cell"
+    _check_args(method, None)
+    c0 = reconstruct(wc, wrap=False)
+    check_species(potential, c0)
+    x0, row_mask, scale = _initial(wc, cell)
+    dtype = wc.cell.dtype
+    data = WyckoffData(
+        wc=wc,
+        scale=scale,
+        abc0=jnp.asarray(wc.cell[:, :3], dtype),
+        angles0=jnp.deg2rad(jnp.asarray(wc.cell[:, 3:], dtype)),
+        pressure=jnp.broadcast_to(jnp.asarray(pressure, dtype), (wc.batch_size,)),
+    )
+    kw = dict(method=method, options=tuple(sorted(options.items())), cell_filter=mode)
+    growth = 1.0
+    spec = _spec_for(potential, c0, method=neighbor_method)
+    state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
+    while bool(jnp.any(state.overflow)):
+        growth *= 2.0
+        spec = _spec_for(potential, c0, method=neighbor_method, growth=growth)
+        state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
+    while bool(jnp.any(state.status == RUNNING)):
+        new = _run(state, data, potential, spec, n_steps=chunk, **kw)
+        if bool(jnp.any(new.overflow)):
+            growth *= 2.0
+            current = crystals_from_wyckoff_dofs(state.x, data)
+            spec = _spec_for(potential, current, method=neighbor_method, growth=growth)
+            continue
+        state = new
+    wc_final = wyckoff_from_dofs(state.x, data)
+    final = reconstruct(wc_final, wrap=True)
+    res = calculate(potential, final, method=neighbor_method)
+    return wc_final, RelaxResult(
+        crystals=final,
+        energy=res.energy,
+        forces=res.forces,
+        stress=res.stress,
+        fmax=masked_fmax(state.grad, state.row_mask),
+        converged=state.status == 1,
+        status=state.status,
+        steps=state.steps,
+        force_calls=state.force_calls,
+    )
