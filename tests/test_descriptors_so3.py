@@ -223,6 +223,15 @@ def test_jit_with_neighbor_update_and_centers():
     np.testing.assert_allclose(
         p, np.take_along_axis(full, np.asarray(centers)[..., None], 1), atol=1e-12
     )
+    # batch-wide compacted edge list: same spectra; crystals that do not fit get NaN
+    nl = neighbor_list(c, 2.0)
+    edges = int(np.asarray(nl.mask).sum())
+    compact = jax.jit(
+        lambda cc, k: so3_power_spectrum(cc, neighbors=nl, max_edges=k), static_argnums=1
+    )
+    np.testing.assert_allclose(compact(c, edges), full, atol=1e-12)
+    short = np.asarray(compact(c, edges - 1))
+    assert np.isnan(short[-1]).all() and np.allclose(short[:-1], full[:-1], atol=1e-12)
     with pytest.raises(InvalidStructureError):
         jax.jit(lambda cc: so3_power_spectrum(cc))(c)
     with pytest.raises(InvalidStructureError):

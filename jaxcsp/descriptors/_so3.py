@@ -315,6 +315,7 @@ def so3_power_spectrum(
     weight_on: bool = False,
     neighbors: Any = None,
     centers: Array | None = None,
+    max_edges: int | None = None,
 ) -> Array:
     """SO(3) power spectra of every atom (or of ``centers``) in a batch of crystals.
 
@@ -332,6 +333,10 @@ def so3_power_spectrum(
         :func:`jaxcsp.neighbors.update` inside); ``None`` builds one with
         :func:`jaxcsp.neighbors.neighbor_list` (concrete input only).
       centers: optional ``(B, M)`` int atom indices; only their spectra are computed.
+      max_edges: static capacity of one batch-wide list of the edges shorter than ``rcut``;
+        only those are evaluated (faster when neighbor counts vary across atoms and crystals).
+        Crystals whose edges do not fit get NaN spectra (never silently wrong). ``None``
+        evaluates every neighbor slot.
 
     Returns:
       ``(B, N, F)`` (or ``(B, M, F)``) spectra in the float dtype of ``crystals.frac``, with
@@ -364,7 +369,7 @@ def so3_power_spectrum(
             f"neighbor list cutoff {neighbors.cutoff} Å is smaller than rcut {rcut} Å",
             field="neighbors",
         )
-    return _spectrum(
+    p, overflow = _spectrum(
         crystals,
         neighbors.index,
         neighbors.shift,
@@ -375,7 +380,11 @@ def so3_power_spectrum(
         rcut=rcut,
         alpha=alpha,
         weight_on=bool(weight_on),
-    )[0]
+        max_edges=None if max_edges is None else int(max_edges),
+    )
+    if max_edges is None:
+        return p
+    return jnp.where(overflow[:, None, None], jnp.asarray(jnp.nan, p.dtype), p)
 
 
 @functools.partial(

@@ -1,0 +1,145 @@
+"""SO(3) power spectrum (and its gradient) for a batch of carbon crystals vs PyXtal's ``SO3``.
+
+Ours: one jitted call for the whole batch (neighbor-list update + spectra of every atom; for the
+gradient, ``value_and_grad`` of a weighted sum of all spectra w.r.t. fractional coordinates
+and lattice). PyXtal: ``SO3.compute_p`` (spectra) and ``SO3.compute_dpdr`` (spectra + dP/dr)
+looped over the same structures (its module needs a ``scipy.special.sph_harm`` shim on scipy
+>= 1.17). Setting of the seed: nmax 2, lmax 4, rcut 2 Å, alpha 1.5. Run from the repository
+root::
+
+    python -m benchmarks.so3 [--quick] [--batch 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.harness import compare, time_fn
+
+jax.config.update("jax_enable_x64", True)
+
+from jaxcsp.descriptors import so3_power_spectrum  # noqa: E402
+from jaxcsp.neighbors import neighbor_list_spec, update  # noqa: E402
+
+KW = dict(nmax=2, lmax=4, rcut=2.0, alpha=1.5)
+
+
+def _pyxtal_so3():
+    import scipy.special as sp
+
+    if not hasattr(sp, "sph_harm"):
+        sp.sph_harm = lambda m, l, az, pol: sp.sph_harm_y(l, m, pol, az)
+    from pyxtal.lego.SO3 import SO3
+
+    return SO3(**KW)
+
+
+def _batch(b: int, seed: int = 0, dtype=jnp.float64):
+    from jaxcsp.design import generate_candidates
+    from jaxcsp.symmetry import reconstruct
+
+    wc = generate_candidates(jax.random.key(seed), b, sizes=(8, 12, 16), dtype=dtype)
+    return reconstruct(wc)
+
+
+def _peer(c, spectra, peer_batch: int):
+    """Time PyXtal on the first ``peer_batch`` crystals and scale to the batch (a Python loop)."""
+    from benchmarks.harness import Timing
+    from jaxcsp.io import to_ase
+
+    images = to_ase(c.take(np.arange(min(peer_batch, c.batch_size))))
+    calc = _pyxtal_so3()
+    ours = np.asarray(spectra(c))
+    for k, a in enumerate(images):  # same numbers where PyXtal's 27-image search is exact
+        widths = a.cell.volume / np.linalg.norm(
+            np.cross(a.cell[[1, 2, 0]], a.cell[[2, 0, 1]]), axis=1
+        )
+        if widths.min() > KW["rcut"]:
+            ref = calc.compute_p(a)
+            np.testing.assert_allclose(
+                ours[k, : len(a)], ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max()
+            )
+    p = time_fn(lambda: [calc.compute_p(a) for a in images], repeats=3, warmup=0)
+    g = time_fn(lambda: [calc.compute_dpdr(a) for a in images], repeats=3, warmup=0)
+    scale = c.batch_size / len(images)
+    return Timing(p.times, p.median * scale, 0.0), Timing(g.times, g.median * scale, 0.0)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=1000, help="crystals (1000)")
+    p.add_argument("--peer-batch", type=int, default=200, help="crystals PyXtal is timed on")
+    p.add_argument("--quick", action="store_true", help="small batch (CI smoke run)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch, args.peer_batch = 64, 16
+
+    for dtype in (jnp.float64, jnp.float32):
+        c = _batch(args.batch, dtype=dtype)
+        spec = neighbor_list_spec(c, KW["rcut"])
+        nl = update(spec, c)
+        # capacity of the batch-wide edge list: the edges of this batch plus 25 % head-room
+        edges = int(np.asarray(nl.mask).sum())
+        cap = int(1.25 * edges) + 64
+        w = jnp.asarray(
+            np.random.default_rng(0).normal(size=(c.batch_size, c.max_atoms, 15)), dtype
+        )
+
+        @jax.jit
+        def spectra(cc, spec=spec, cap=cap):
+            return so3_power_spectrum(cc, neighbors=update(spec, cc), max_edges=cap, **KW)
+
+        @jax.jit
+        def spectra_and_grad(cc, spec=spec, w=w, cap=cap):
+            def f(frac, lattice):
+                x = cc.replace(frac=frac, lattice=lattice)
+                p = so3_power_spectrum(x, neighbors=update(spec, x), max_edges=cap, **KW)
+                return jnp.sum(w * p)
+
+            return jax.value_and_grad(f, argnums=(0, 1))(cc.frac, cc.lattice)
+
+        name = "f64" if dtype == jnp.float64 else "f32"
+        ours_p = time_fn(spectra, c, repeats=5)
+        ours_g = time_fn(spectra_and_grad, c, repeats=5)
+        if dtype == jnp.float64:
+            peer_p, peer_g = _peer(c, spectra, args.peer_batch)
+        atoms = int(np.asarray(c.num_atoms).sum())
+        case = f"B={c.batch_size} atoms={atoms} {name}"
+        compare(
+            "so3",
+            f"spectrum {case}",
+            ours_p,
+            peer_p,
+            peer_name="pyxtal compute_p",
+            units=c.batch_size,
+            unit_name="crystals",
+            extra={"peer_measured_on": args.peer_batch},
+        )
+        compare(
+            "so3",
+            f"spectrum+grad {case}",
+            ours_g,
+            peer_p,
+            peer_name="pyxtal compute_p",
+            units=c.batch_size,
+            unit_name="crystals",
+            extra={"peer_measured_on": args.peer_batch},
+        )
+        compare(
+            "so3",
+            f"spectrum+grad {case}",
+            ours_g,
+            peer_g,
+            peer_name="pyxtal compute_dpdr",
+            units=c.batch_size,
+            unit_name="crystals",
+            extra={"peer_measured_on": args.peer_batch},
+        )
+
+
+if __name__ == "__main__":
+    main()
