@@ -14,13 +14,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jaxcsp.cli import convert, design, info
+from jaxcsp.cli import convert, design, info, relax
 from jaxcsp.errors import JaxcspError
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 #: Registered subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = [info, convert, design]
+SUBCOMMANDS = [info, convert, relax, design]
 
 _DESCRIPTION = """\
 jaxcsp: differentiable crystal structure optimization and prediction in JAX.
