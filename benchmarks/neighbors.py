@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
 
                 calc = vesin.NeighborList(cutoff=rc, full_list=True)
 
-                def run_vesin(calc=calc):
+                def run_vesin(calc=calc, pos=pos, lats=lats):
                     tot = 0
                     for k in range(batch):
                         i, *_ = calc.compute(pos[k], lats[k], True, quantities="ijSd")
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             if "matscipy" in args.peers:
                 from matscipy.neighbours import neighbour_list
 
-                def run_matscipy(rc=rc):
+                def run_matscipy(rc=rc, pos=pos, lats=lats):
                     for k in range(batch):
                         neighbour_list(
                             "ijSd", positions=pos[k], cell=lats[k], pbc=[True] * 3, cutoff=rc
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
 
                 m = min(ase_subset, batch)
 
-                def run_ase(rc=rc, m=m):
+                def run_ase(rc=rc, m=m, pos=pos, lats=lats):
                     for k in range(m):
                         primitive_neighbor_list(
                             "ijSd", [True] * 3, lats[k], pos[k], rc, self_interaction=False

@@ -280,23 +280,28 @@ def _build(
     w, o = _wrap(frac)
     x = cutoff / cell_widths(lattice)  # (B, 3)
     image_overflow = jnp.any(_images_needed(x) > jnp.asarray(images, jnp.int32), axis=-1)
-    raw = _pk.neighbor_list(
-        w,
-        lattice,
-        mask,
-        x,
-        cutoff,
-        images=images,
-        max_neighbors=capacity,
-        interpret=interpret,
-        use_kernel=method == "pallas",
-    )
-    # Fold the wrap back in: r_j - r_i + shift @ L with the coordinates as given.
-    shift = raw.shift + o[:, :, None, :] - _pk.gather_neighbors(o, raw.index)
-    shift = jnp.where(raw.mask[..., None], shift, 0)
+
+    def lists(w, lattice, mask, x, o):
+        return _pk.neighbor_list(
+            w,
+            lattice,
+            mask,
+            x,
+            cutoff,
+            images=images,
+            max_neighbors=capacity,
+            interpret=interpret,
+            use_kernel=method == "pallas",
+            o=o,  # fold the wrap back in: shifts relative to the coordinates as given
+        )
+
+    # Materialise the integer lists (see pallas_kernels.neighbor_list.fence): otherwise XLA:CPU
+    # recomputes the compaction inside every consumer, e.g. each use in an energy.
+    token = jnp.sum(mask, dtype=jnp.int32) >= 0
+    raw = _pk.fence(lists, token, w, lattice, mask, x, o)
     max_count = jnp.max(raw.count, axis=-1, initial=0)
     overflow = (max_count > capacity) | image_overflow
-    return raw.index, shift, raw.mask, overflow, max_count
+    return raw.index, raw.shift, raw.mask, overflow, max_count
 
 
 def _update(spec: NeighborListSpec, crystals: Crystals) -> tuple[Neighbors, Array]:
@@ -460,14 +465,17 @@ def edge_vectors(crystals: Crystals, neighbors: Neighbors) -> Array:
       ``(B, N, K, 3)`` vectors in Å (lattice dtype).
     """
 
-    def one(frac, lattice, index, shift, mask):
-        df = frac[index] - frac[:, None, :] + shift.astype(frac.dtype)
-        v = df @ lattice
-        return jnp.where(mask[..., None], v, jnp.zeros_like(v))
-
-    return jax.vmap(one)(
-        crystals.frac, crystals.lattice, neighbors.index, neighbors.shift, neighbors.mask
+    frac, lattice = crystals.frac, crystals.lattice
+    f_j = _pk.gather_neighbors(frac, neighbors.index)  # (B, N, K, 3), flat gather
+    df = f_j - frac[:, :, None, :] + neighbors.shift.astype(frac.dtype)
+    # Explicit 3-term sum: XLA:CPU runs a (…,3)x(3,3) batched dot far slower than this.
+    lat = lattice[:, None, None, :, :]
+    v = (
+        df[..., 0:1] * lat[..., 0, :]
+        + df[..., 1:2] * lat[..., 1, :]
+        + df[..., 2:3] * lat[..., 2, :]
     )
+    return jnp.where(neighbors.mask[..., None], v, jnp.zeros_like(v))
 
 
 def distances(crystals: Crystals, neighbors: Neighbors) -> Array:

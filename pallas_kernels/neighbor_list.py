@@ -30,6 +30,9 @@ Kernel design (the seed's Algorithm 2, "CUDA-accelerated PBC neighbor list", re-
   when image ``lo + t`` is a neighbor), instead of one distance and one mask per image. The
   (tiny, mostly empty) words are compacted into the fixed-capacity list by
   :func:`compact_candidates` (XLA) afterwards; slot ``k`` of atom ``i`` decodes to ``j`` and ``t``.
+  Compaction is gather-only (no sort, no per-bit scatter): popcount prefix sums per row (a
+  triangular matmul), a histogram of the prefixes (one scatter-add per *word*) prefix-summed over
+  the ``K`` slots gives each slot its word, and a popcount binary search gives its bit.
 
 Memory traffic per pair (float32): reads ``3 × 4 B`` of ``w_i`` per tile row and ``3 × 4 B`` of
 ``w_j`` per tile column plus ``4 B`` masks, i.e. ``(12 + 4)(1/T_i + 1/T_j) = 1 B`` per pair at
@@ -45,16 +48,23 @@ XLA reads the 4 B words once more and writes 16 B per neighbor slot (index + 3 s
 components); at realistic densities it costs about as much as the kernel.
 
 The XLA path (:func:`jaxcsp.neighbors.neighbor_list` with ``method="xla"``) enumerates exactly
-the same candidates with ``jnp`` (see :func:`pair_lower_shift`), so the two paths agree bit for
-bit; the reference enumerates all ``prod(2 ceil(x_d) + 1)`` images of a cell-wide search instead
-and is independent of that pruning.
+the same candidates with ``jnp`` (see :func:`pair_lower_shift`): :func:`candidate_words_reference`
+is the kernel's bit-exact twin, and :func:`candidate_words_dense` (what CPU users run) packs the
+same bits 32 neighbors per word so that compaction rows are ``32 / M`` times shorter. The
+reference :func:`neighbor_list_reference` enumerates all ``prod(2 ceil(x_d) + 1)`` images of a
+cell-wide search instead and is independent of that pruning.
+
+XLA:CPU notes (measured): it fuses cheap producers into *every* consumer, so without
+:func:`fence` the candidate test and the compaction would be recomputed per gathered element
+(5–10× slower); batched ``vmap`` gathers and ``(..., 3)``-minor layouts are several times slower
+than flat 1-D gathers on ``(R, K)`` planes, which is how the compaction is written.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +75,7 @@ __all__ = [
     "RawNeighbors",
     "block_sizes",
     "candidate_words",
+    "candidate_words_dense",
     "candidate_words_reference",
     "compact_candidates",
     "gather_neighbors",
@@ -313,6 +324,30 @@ def candidate_words_reference(
     return fence(jax.vmap(one), token, w, lattice, mask, x)
 
 
+def candidate_words_dense(
+    w: Array,
+    lattice: Array,
+    mask: Array,
+    x: Array,
+    cutoff: Array,
+    *,
+    images: tuple[int, int, int],
+) -> Array:
+    """The XLA path's candidate test: same candidates, bits packed densely along ``j``.
+
+    With few images per pair (``M = 1`` or ``8`` for ordinary cells) one word per pair is mostly
+    empty; packing 32 neighbors ``j`` per word makes the compaction rows ``32 / M`` times shorter.
+
+    Returns:
+      ``(B, N, M, Q)`` uint32 with ``Q = ceil(N / 32)``: bit ``b`` of ``[b_, i, t, q]`` is
+      candidate image ``t`` of pair ``(i, 32 q + b)``.
+    """
+    _check_shapes(w, lattice, mask, x)
+    one = functools.partial(_candidate_words_one, cutoff=cutoff, images=images, dense=True)
+    token = jnp.sum(mask, dtype=jnp.int32) >= 0
+    return fence(jax.vmap(one), token, w, lattice, mask, x)
+
+
 def fence(fn, token: Array, *args: Any) -> Any:
     """``fn(*args)``, computed once and materialised.
 
@@ -336,7 +371,7 @@ def fence(fn, token: Array, *args: Any) -> Any:
     return jax.lax.while_loop(lambda st: st[0] < trips, body, (jnp.int32(0), init))[1]
 
 
-def _candidate_words_one(w, lattice, mask, x, *, cutoff, images):
+def _candidate_words_one(w, lattice, mask, x, *, cutoff, images, dense=False):
     n = w.shape[0]
     m = math.prod(images)
     words = num_words(images)
@@ -355,6 +390,21 @@ def _candidate_words_one(w, lattice, mask, x, *, cutoff, images):
         d2 = (base[0] + off[0]) ** 2 + (base[1] + off[1]) ** 2 + (base[2] + off[2]) ** 2
         self_pair = diag & (lo[0] == -t[0]) & (lo[1] == -t[1]) & (lo[2] == -t[2])
         return (d2 < rc2) & pair_ok & ~self_pair
+
+    if dense:
+        q = -(-n // BITS)
+        lane = jnp.arange(BITS, dtype=jnp.uint32)
+
+        def pack(ok):  # (..., N, N) bool -> (..., N, Q) uint32, 32 neighbors j per word
+            pad = [(0, 0)] * (ok.ndim - 1) + [(0, q * BITS - n)]
+            bits = jnp.pad(ok, pad).reshape(*ok.shape[:-1], q, BITS).astype(jnp.uint32)
+            return jnp.sum(bits << lane, axis=-1, dtype=jnp.uint32)
+
+        if m <= UNROLL_IMAGES:
+            planes = [pack(one_image([int(v) for v in box[k]])) for k in range(m)]
+            return jnp.stack(planes, axis=1)  # (N, M, Q)
+        ok = jax.vmap(one_image)(jnp.asarray(box, w.dtype).T[..., None, None].transpose(1, 0, 2, 3))
+        return jnp.transpose(pack(ok), (1, 0, 2))  # (N, M, Q)
 
     if m <= UNROLL_IMAGES:
         # One fused loop over the (N, N) plane per output word, images unrolled (like the kernel).
@@ -386,6 +436,8 @@ def compact_candidates(
     *,
     images: tuple[int, int, int],
     capacity: int,
+    layout: str = "pair",
+    o: Array | None = None,
 ) -> RawNeighbors:
     """Compact candidate words into fixed-capacity lists (XLA; shared by kernel and XLA path).
 
@@ -393,34 +445,55 @@ def compact_candidates(
     handles flat gathers well and batched ones badly). See :func:`_compact_rows`.
 
     Args:
-      words: ``(B, N, W, N)`` uint32 from :func:`candidate_words` (or its reference).
+      words: ``layout="pair"``: ``(B, N, W, N)`` uint32 from :func:`candidate_words` (or its
+        reference), bit ``b`` of word ``(u, j)`` is image ``t = 32 u + b`` of pair ``(i, j)``;
+        ``layout="dense"``: ``(B, N, M, Q)`` from :func:`candidate_words_dense`, bit ``b`` of
+        word ``(t, q)`` is image ``t`` of ``j = 32 q + b``.
       w: ``(B, N, 3)`` wrapped fractional coordinates used to build ``words``.
       x: ``(B, 3)`` reduced cutoffs used to build ``words``.
       images: static ``(m_1, m_2, m_3)``.
       capacity: static ``K``.
+      layout: static, ``"pair"`` or ``"dense"`` (see ``words``).
+      o: optional ``(B, N, 3)`` int32 integer parts of the given coordinates (``frac = w + o``);
+        when given, shifts are relative to the given coordinates (``s + o_i - o_j``).
 
     Returns:
-      :class:`RawNeighbors` (shifts relative to the wrapped coordinates).
+      :class:`RawNeighbors` (shifts relative to the wrapped coordinates unless ``o`` is given).
     """
-    b, n, nw, _ = words.shape
+    b, n = words.shape[:2]
     r = b * n
     token = jnp.sum(jnp.isnan(x), dtype=jnp.int32) >= 0
     src, slot_mask, count = fence(
-        functools.partial(_compact_rows, capacity=capacity), token, words.reshape(r, nw * n)
+        functools.partial(_compact_rows, capacity=capacity), token, words.reshape(r, -1)
     )
     word_id = src // BITS
-    t = (word_id // n) * BITS + src % BITS
+    if layout == "pair":
+        t = (word_id // n) * BITS + src % BITS
+        j = word_id % n
+    elif layout == "dense":
+        q = words.shape[3]
+        t = word_id // q
+        j = (word_id % q) * BITS + src % BITS
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
     own = jnp.arange(r, dtype=jnp.int32)[:, None] % n
-    j = jnp.where(slot_mask, word_id % n, own)
-    first = jnp.arange(r, dtype=jnp.int32)[:, None] - own  # flat index of atom 0 of the crystal
-    w_flat = w.reshape(r, 3)
-    w_j = w_flat[(first + j).reshape(-1)].reshape(r, capacity, 3)
-    x_r = jnp.repeat(x, n, axis=0)[:, None, :]
-    lo = pair_lower_shift(w_flat[:, None, :], w_j, x_r)
-    s = jnp.where(slot_mask[..., None], lo + decode_image(t, images), 0)
+    j = jnp.where(slot_mask, j, own)
+    flat_j = (jnp.arange(r, dtype=jnp.int32)[:, None] - own + j).reshape(-1)
+    m2, m3 = images[1], images[2]
+    t_axes = (t // (m2 * m3), (t // m3) % m2, t % m3)
+    x_r = jnp.repeat(x, n, axis=0)
+    comps = []
+    for c in range(3):  # structure of arrays: 1-D gathers, (R, K) planes
+        w_c = w[..., c].reshape(r)
+        w_j = w_c[flat_j].reshape(r, capacity)
+        s_c = pair_lower_shift(w_c[:, None], w_j, x_r[:, c : c + 1]) + t_axes[c]
+        if o is not None:  # shift relative to the coordinates as given: s + o_i - o_j
+            o_c = o[..., c].reshape(r)
+            s_c = s_c + o_c[:, None] - o_c[flat_j].reshape(r, capacity)
+        comps.append(jnp.where(slot_mask, s_c, 0))
     return RawNeighbors(
         j.reshape(b, n, capacity).astype(jnp.int32),
-        s.reshape(b, n, capacity, 3).astype(jnp.int32),
+        jnp.stack(comps, axis=-1).reshape(b, n, capacity, 3).astype(jnp.int32),
         slot_mask.reshape(b, n, capacity),
         count.reshape(b, n),
     )
@@ -504,6 +577,7 @@ def neighbor_list(
     block: tuple[int, int, int] | None = None,
     interpret: bool = False,
     use_kernel: bool = True,
+    o: Array | None = None,
 ) -> RawNeighbors:
     """Fixed-capacity neighbor lists: candidate kernel + XLA compaction.
 
@@ -517,18 +591,23 @@ def neighbor_list(
       max_neighbors: static capacity ``K``.
       block: static kernel tile ``(G, T_i, T_j)``.
       interpret: Pallas interpret mode.
-      use_kernel: ``False`` runs :func:`candidate_words_reference` instead (the XLA path).
+      use_kernel: ``False`` runs :func:`candidate_words_dense` instead (the XLA path).
+      o: optional ``(B, N, 3)`` int32 integer parts of the given coordinates (see
+        :func:`compact_candidates`).
 
     Returns:
-      :class:`RawNeighbors` with shifts relative to the wrapped coordinates.
+      :class:`RawNeighbors` with shifts relative to the wrapped coordinates (or, with ``o``, to
+      the given ones).
     """
     if use_kernel:
         words = candidate_words(
             w, lattice, mask, x, cutoff, images=images, block=block, interpret=interpret
         )
-    else:
-        words = candidate_words_reference(w, lattice, mask, x, cutoff, images=images)
-    return compact_candidates(words, w, x, images=images, capacity=max_neighbors)
+        return compact_candidates(words, w, x, images=images, capacity=max_neighbors, o=o)
+    words = candidate_words_dense(w, lattice, mask, x, cutoff, images=images)
+    return compact_candidates(
+        words, w, x, images=images, capacity=max_neighbors, layout="dense", o=o
+    )
 
 
 # ---------------------------------------------------------------------- reference
