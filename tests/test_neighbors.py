@@ -407,3 +407,22 @@ def test_traced_input_is_rejected_with_a_clear_error():
     c = make_batch(_skewed_cases()[2:], 8)
     with pytest.raises(InvalidStructureError, match="outside jit"):
         jax.jit(lambda c: neighbor_list(c, 3.0).index)(c)
+
+
+def test_update_inside_grad_and_vmap():
+    """The list can be rebuilt inside a differentiated (and jitted) energy function."""
+    c = make_batch(_skewed_cases(), 8)
+    spec = neighbor_list_spec(c, 3.0, method="xla")
+
+    @jax.jit
+    def energy(frac, lattice):
+        moved = c.replace(frac=frac, lattice=lattice)
+        return pair_energy(moved, update(spec, moved))
+
+    gf, gl = jax.grad(energy, argnums=(0, 1))(c.frac, c.lattice)
+    nl = neighbor_list(c, 3.0, method="xla")
+    ref_f, ref_l = jax.grad(
+        lambda f, l: pair_energy(c.replace(frac=f, lattice=l), nl), argnums=(0, 1)
+    )(c.frac, c.lattice)
+    np.testing.assert_allclose(np.asarray(gf), np.asarray(ref_f), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(gl), np.asarray(ref_l), rtol=1e-10, atol=1e-12)
