@@ -4,12 +4,14 @@
 * Pair potentials: :func:`lennard_jones`, :func:`morse`, :func:`buckingham` (+ DSF Coulomb).
 * Many-body: :func:`stillinger_weber` (Si defaults), :func:`tersoff` (LAMMPS parameter files).
 * :mod:`jaxcsp.potentials.external` — pretrained MLIPs (SevenNet-0, CHGNet) bridged into JAX
-  (optional extra ``mlip``); :mod:`jaxcsp.potentials.ase_calculator` — ASE adapters.
+  (optional extra ``mlip``); :func:`host_potential` — the same bridge for any batched host model;
+  :mod:`jaxcsp.potentials.ase_calculator` — ASE adapters in both directions.
 
 Energies, forces and stresses of batches come from :func:`jaxcsp.calculator.calculate`.
 """
 
 from jaxcsp.potentials._base import Potential, check_species
+from jaxcsp.potentials._bridge import host_potential
 from jaxcsp.potentials._manybody import (
     ParameterFileError,
     read_tersoff_file,
@@ -24,6 +26,7 @@ __all__ = [
     "Potential",
     "buckingham",
     "check_species",
+    "host_potential",
     "lennard_jones",
     "morse",
     "read_tersoff_file",
