@@ -513,16 +513,26 @@ def gather_neighbors(values: Array, index: Array) -> Array:
     return flat[(first + index).reshape(-1)].reshape(*index.shape, *values.shape[2:])
 
 
-def _prefix_sum(v: Array) -> Array:
+def _prefix_sum(v: Array, block: int = 16) -> Array:
     """Inclusive prefix sum of small non-negative counts along the last axis of ``(R, C)``.
 
-    A triangular matmul in float32 (exact below 2**24): XLA:CPU's cumulative ops are slow.
+    Triangular matmuls in float32 (exact below 2**24): XLA:CPU's cumulative ops are slow. Long
+    rows are done in two levels (``block``-wide triangles, then the block totals) so the cost is
+    ``R C (block + C / block)`` rather than ``R C²``.
     """
-    c = v.shape[-1]
+    r, c = v.shape
+    v = v.astype(jnp.float32)
     if c == 1:
         return v.astype(jnp.int32)
-    tri = jnp.triu(jnp.ones((c, c), jnp.float32))
-    return jnp.round(v.astype(jnp.float32) @ tri).astype(jnp.int32)
+    if c <= 2 * block:
+        return jnp.round(v @ jnp.triu(jnp.ones((c, c), jnp.float32))).astype(jnp.int32)
+    nb = -(-c // block)
+    vp = jnp.pad(v, ((0, 0), (0, nb * block - c))).reshape(r * nb, block)
+    inner = (vp @ jnp.triu(jnp.ones((block, block), jnp.float32))).reshape(r, nb, block)
+    totals = inner[:, :, -1]
+    before = totals @ jnp.triu(jnp.ones((nb, nb), jnp.float32), k=1)  # exclusive
+    out = (inner + before[:, :, None]).reshape(r, nb * block)[:, :c]
+    return jnp.round(out).astype(jnp.int32)
 
 
 def _compact_rows(words: Array, capacity: int) -> tuple[Array, Array, Array]:
