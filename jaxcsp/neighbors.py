@@ -57,6 +57,7 @@ __all__ = [
     "NeighborListOverflowError",
     "NeighborListSpec",
     "Neighbors",
+    "cell_widths",
     "distances",
     "edge_vectors",
     "neighbor_list",
