@@ -27,6 +27,7 @@ import dataclasses
 import io
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -241,7 +242,12 @@ def design(
     """
     from jaxcsp.descriptors import reference_spectrum, valid_environment
     from jaxcsp.io import write_db
-    from jaxcsp.optimize.descriptor import optimize_wyckoff
+    from jaxcsp.optimize.descriptor import (
+        edge_capacity,
+        loss_cutoff,
+        neighbor_spec,
+        optimize_wyckoff,
+    )
     from jaxcsp.symmetry import reconstruct
 
     ref = reference_spectrum(reference, nmax=nmax, lmax=lmax, rcut=rcut, alpha=alpha)
@@ -275,6 +281,17 @@ def design(
         cn_target=float(target_cn),
         **optimize_kwargs,
     )
+    # one set of shapes for every batch: one compilation for the whole run
+    spec = max_edges = None
+    if len(todo):
+        cutoff = loss_cutoff(
+            wc, rcut, cn_weight=cn_weight, cn_reach=optimize_kwargs.get("cn_reach", 0.5)
+        )
+        spec = neighbor_spec(wc.take(todo), cutoff)
+        sites = np.asarray(wc.num_sites)[todo]
+        per_batch = [sites[i : i + batch_size].sum() for i in range(0, len(todo), batch_size)]
+        max_edges = edge_capacity(0, max(per_batch))
+    kw.update(spec=spec, max_edges=max_edges)
     bar = None
     if progress and len(todo):
         from tqdm.auto import tqdm
@@ -477,7 +494,8 @@ def pyxtal_baseline(
             x = to_pyxtal(wc.take([int(i)]))[0]
             t0 = time.perf_counter()
             try:
-                with contextlib.redirect_stdout(io.StringIO()):
+                with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # spglib via PyXtal
                     xtal, sim, _ = bu.optimize_xtal(x, add_db=False)
                 valid[k] = xtal is not None
                 loss[k] = np.nan if sim is None else float(sim)
@@ -485,5 +503,8 @@ def pyxtal_baseline(
                 pass
             secs[k] = time.perf_counter() - t0
     finally:
+        for h in root.handlers:
+            if h not in handlers:
+                h.close()
         root.handlers[:] = handlers
     return {"index": idx, "loss": loss, "valid": valid, "seconds": secs}

@@ -168,6 +168,7 @@ def descriptor_loss(
     cn_weight: float = 0.0,
     cn_width: float = 0.1,
     cn_reach: float = 0.5,
+    neighbors: Any = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Per-structure descriptor loss of a Wyckoff batch (differentiable in its free variables).
 
@@ -189,6 +190,10 @@ def descriptor_loss(
         taper ``cn_reach`` Å past PyXtal's bond cutoff); it gives isolated or over-coordinated
         sites a gradient toward the target CN. The neighbor list must reach
         ``max(rcut, bond cutoff + cn_reach)``. Off by default (``cn_weight = 0``).
+      neighbors: a list built earlier for the *unwrapped* reconstruction
+        (``reconstruct(wc, wrap=False)``) with a cutoff that still covers every pair within
+        the loss cutoff (a Verlet list with a skin); then ``spec`` is not used and no list is
+        built here.
 
     Returns:
       ``(loss (B,), aux)`` with ``aux = {"spectra": (B, S, F), "overflow": (B,) bool,
@@ -202,14 +207,19 @@ def descriptor_loss(
         raise InvalidStructureError(
             f"weighting must be one of {WEIGHTINGS}, got {weighting!r}", field="weighting"
         )
-    c = reconstruct(wc)
-    nl = update(spec, c)
+    if neighbors is None:
+        c = reconstruct(wc)
+        nl = update(spec, c)
+    else:
+        c = reconstruct(wc, wrap=False)
+        nl = neighbors
     centers, mult = site_centers(wc)
     nmax, lmax, rcut, alpha = _check_params(nmax, lmax, rcut, alpha)
     if nl.cutoff < rcut * (1 - 1e-12):
         raise InvalidStructureError(
             f"neighbor list cutoff {nl.cutoff} Å is smaller than rcut {rcut} Å", field="spec"
         )
+    # (a neighbor list may reach past rcut: only edges shorter than rcut enter the spectra)
     p, edge_overflow = _spectrum(
         c,
         nl.index,

@@ -47,6 +47,9 @@ __all__ = [
     "RunResult",
     "clip_by_per_sample_norm",
     "descriptor_optimizer",
+    "edge_capacity",
+    "loss_cutoff",
+    "neighbor_spec",
     "optimize_wyckoff",
     "per_sample_norms",
     "project_box",
@@ -456,17 +459,152 @@ class DescriptorResult:
 PYXTAL_CELL_BOX = ((1.5, 1.5, 1.5, 30.0, 30.0, 30.0), (50.0, 50.0, 50.0, 150.0, 150.0, 150.0))
 
 
-def _edge_capacity(count: Any, num_sites: Any, previous: int = 0) -> int:
-    """Edge-list capacity: 2x the current edges and at least 8 per site (structures densify as
-    they approach CN = 3), doubled on overflow, rounded up to a multiple of 512."""
+def edge_capacity(count: Any, num_sites: Any, previous: int = 0) -> int:
+    """Capacity of the batch-wide edge list used during optimisation.
+
+    Twice the current edges and at least 8 per site (structures densify on their way to
+    CN = 3), doubled on overflow, rounded up to a multiple of 512 (fewer recompilations).
+
+    Args:
+      count: edges within ``rcut`` of the real site centers now.
+      num_sites: real Wyckoff sites in the batch.
+      previous: the capacity that overflowed (0 if none).
+
+    Returns:
+      The capacity (int).
+    """
     want = max(2 * int(count), 8 * int(num_sites), 2 * previous, 512)
     return int(math.ceil(want / 512) * 512)
 
 
-def _spec_for(crystals: Any, rcut: float):
-    from jaxcsp.neighbors import neighbor_list_spec
+def loss_cutoff(wc: Any, rcut: float, *, cn_weight: float = 0.0, cn_reach: float = 0.5) -> float:
+    """Neighbor cutoff (Å) the loss of :func:`optimize_wyckoff` needs: ``rcut``, or the largest
+    bond cutoff of the species present plus ``cn_reach`` when the smooth-CN term is on."""
+    from jaxcsp.descriptors import bond_cutoffs
 
-    return neighbor_list_spec(crystals, rcut, capacity_headroom=0.5, cell_headroom=0.25)
+    if not cn_weight:
+        return float(rcut)
+    z = np.unique(np.asarray(wc.site_species)[np.asarray(wc.site_mask)])
+    return max(float(rcut), float(bond_cutoffs()[np.ix_(z, z)].max()) + cn_reach)
+
+
+def neighbor_spec(wc: Any, cutoff: float) -> Any:
+    """Neighbor-list shapes for optimising ``wc``: 50 % capacity and 25 % cell-width head-room.
+
+    Args:
+      wc: :class:`~jaxcsp.symmetry.WyckoffCrystals` (concrete).
+      cutoff: neighbor cutoff in Å.
+
+    Returns:
+      :class:`~jaxcsp.neighbors.NeighborListSpec`.
+    """
+    from jaxcsp.neighbors import neighbor_list_spec
+    from jaxcsp.symmetry import reconstruct
+
+    return neighbor_list_spec(reconstruct(wc), cutoff, capacity_headroom=0.5, cell_headroom=0.25)
+
+
+def _as_wc(wc: Any, p: dict) -> Any:
+    from jaxcsp.symmetry import with_free_variables
+
+    return with_free_variables(wc, p["cell"], p["coords"])
+
+
+def _wyckoff_optimizer(static: tuple, wc: Any) -> Any:
+    opt_kw = dict(static[0])
+    lo = _normalize_box(PYXTAL_CELL_BOX[0], wc.cell.dtype)
+    hi = _normalize_box(PYXTAL_CELL_BOX[1], wc.cell.dtype)
+    cell_step = opt_kw.pop("cell_step")
+    wrap = opt_kw.pop("wrap_coords")
+    lr = opt_kw.pop("learning_rate")
+    return descriptor_optimizer(
+        lr,
+        lower={"cell": lo, "coords": 0.0},
+        upper={"cell": hi, "coords": 1.0},
+        periodic={"cell": False, "coords": bool(wrap)},
+        mask={"cell": wc.cell_free, "coords": wc.coords_free & wc.site_mask[..., None]},
+        update_scale={"cell": cell_step, "coords": 1.0},
+        **opt_kw,
+    )
+
+
+def _normalize_box(values: Any, dtype: Any) -> Array:
+    """Cell parameters (Å, degrees) ``(6,)`` normalised like the free variables."""
+    from jaxcsp.symmetry import normalize_cell
+
+    return normalize_cell(jnp.asarray(values, dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "max_edges", "loss_kw"))
+def _wyckoff_loss(wc, reference, *, spec, max_edges, loss_kw):
+    from jaxcsp.descriptors import descriptor_loss
+
+    loss, aux = descriptor_loss(wc, reference, spec, max_edges=max_edges, **dict(loss_kw))
+    return loss, aux["spectra"], aux["overflow"], aux["num_edges"]
+
+
+def _displacement_bound(c: Any, f_ref: Array, l_ref: Array, reach: float) -> Array:
+    """Upper bound ``(B,)`` (Å) on how much any pair vector shorter than ``reach`` changed since
+    the list was built at ``(f_ref, l_ref)``: ``2 max_i |Δf_i L| + reach |L_ref^-1| |ΔL|``."""
+    df = (c.frac - f_ref) @ c.lattice
+    move = jnp.sqrt(jnp.max(jnp.where(c.mask, jnp.sum(df * df, -1), 0.0), axis=-1))
+    inv = jnp.linalg.inv(l_ref)
+    strain = jnp.linalg.norm(inv, axis=(-2, -1)) * jnp.linalg.norm(c.lattice - l_ref, axis=(-2, -1))
+    return 2 * move + reach * strain
+
+
+@functools.partial(jax.jit, static_argnames=("length", "spec", "max_edges", "static", "skin"))
+def _wyckoff_chunk(carry, wc, reference, *, length, spec, max_edges, static, skin):
+    from jaxcsp.descriptors import descriptor_loss
+    from jaxcsp.neighbors import update
+    from jaxcsp.symmetry import reconstruct
+
+    opt = _wyckoff_optimizer(static, wc)
+    loss_kw = dict(static[1])
+
+    def step(carry, _):
+        params, opt_state, best_params, best_loss, nl, f_ref, l_ref = carry
+        # Verlet list: rebuild (for the whole batch) only when some pair vector may have
+        # changed by more than the skin since the last build
+        c = reconstruct(_as_wc(wc, jax.lax.stop_gradient(params)), wrap=False)
+        if skin > 0:
+            stale = jnp.any(_displacement_bound(c, f_ref, l_ref, spec.cutoff) > skin)
+            nl, f_ref, l_ref = jax.lax.cond(
+                stale,
+                lambda: (update(spec, c), c.frac, c.lattice),
+                lambda: (nl, f_ref, l_ref),
+            )
+        else:
+            nl = update(spec, c)
+
+        def total(p):
+            losses, aux = descriptor_loss(
+                _as_wc(wc, p), reference, None, max_edges=max_edges, neighbors=nl, **loss_kw
+            )
+            return jnp.sum(jnp.where(jnp.isfinite(losses), losses, 0.0)), (losses, aux["overflow"])
+
+        (_, (losses, overflow)), grads = jax.value_and_grad(total, has_aux=True)(params)
+        better = jnp.isfinite(losses) & (losses < best_loss)
+        best_params = jax.tree.map(
+            lambda b, p: jnp.where(_bcast(better, p) > 0, p, b), best_params, params
+        )
+        best_loss = jnp.where(better, losses, best_loss)
+        updates, opt_state = opt.update(grads, opt_state, params, value=losses)
+        params = optax.apply_updates(params, updates)
+        new = (params, opt_state, best_params, best_loss, nl, f_ref, l_ref)
+        return new, (losses, overflow | nl.overflow)
+
+    carry, (losses, overflow) = jax.lax.scan(step, carry, None, length=length)
+    return carry, losses, jnp.any(overflow, axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _build_list(wc, params, *, spec):
+    from jaxcsp.neighbors import update
+    from jaxcsp.symmetry import reconstruct
+
+    c = reconstruct(_as_wc(wc, params), wrap=False)
+    return update(spec, c), c.frac, c.lattice
 
 
 def optimize_wyckoff(
@@ -489,6 +627,9 @@ def optimize_wyckoff(
     cn_width: float = 0.1,
     cn_reach: float = 0.5,
     chunk: int = 25,
+    skin: float = 0.0,
+    spec: Any = None,
+    max_edges: int | None = None,
     callback: Callable[[int, Array], None] | None = None,
     **optimizer_kwargs: Any,
 ) -> DescriptorResult:
@@ -497,10 +638,12 @@ def optimize_wyckoff(
     Free variables: the cell normalised with :data:`jaxcsp.symmetry.DEFAULT_BOUNDS` (a / 50 Å,
     angle / 180°), clamped to PyXtal's box (1.5–50 Å, 30–150°), and the fractional
     coordinates, wrapped into [0, 1) (``wrap_coords=False`` clamps them to [0, 1] as the seed
-    does). Tied and fixed entries and padding sites never move.
+    does). Tied and fixed entries and padding sites never move. Chunks of ``chunk`` steps run
+    as one jitted ``lax.scan``; the compiled chunk is reused by every call with the same shapes
+    and settings.
 
     Args:
-      wc: :class:`~jaxcsp.symmetry.WyckoffCrystals` batch (float64 recommended on CPU).
+      wc: :class:`~jaxcsp.symmetry.WyckoffCrystals` batch (float32 or float64).
       reference: ``(F,)`` target spectrum (e.g. :func:`jaxcsp.descriptors.reference_spectrum`).
       steps: maximum optimisation steps.
       learning_rate: AdamW learning rate in normalised units.
@@ -511,101 +654,96 @@ def optimize_wyckoff(
       wrap_coords: wrap (True) or clamp (False) the coordinates.
       cn_weight, cn_target, cn_width, cn_reach: optional smooth-CN term of the loss (see
         :func:`jaxcsp.descriptors.descriptor_loss`; off by default).
-      chunk: steps per jitted scan; neighbor-list overflow is checked between chunks and the
-        chunk is recomputed with larger shapes when needed.
+      chunk: steps per jitted scan; neighbor-list and edge-list overflow is checked between
+        chunks and the chunk is recomputed with larger shapes when needed.
+      skin: Verlet skin in Å (0: rebuild the neighbor list every step). With ``skin > 0`` the
+        list reaches ``skin`` past the loss cutoff and is rebuilt (for the whole batch, inside
+        the jitted step) only when some pair vector may have changed by more than ``skin`` (a
+        rigorous bound from atom displacements and cell strain). This pays for small batches;
+        in large batches some crystal moves every step, so the default is 0.
+      spec: neighbor-list shapes to start with (default :func:`neighbor_spec` of ``wc`` at the
+        loss cutoff plus ``skin``); pass the same one for every batch of a long run to compile
+        once.
+      max_edges: edge-list capacity to start with (default :func:`edge_capacity`).
       callback: ``callback(steps_done, losses)`` after each chunk.
       **optimizer_kwargs: more :func:`descriptor_optimizer` arguments (``patience``,
-        ``factor``, ``max_norm``, ``tol``, ``weight_decay``, ...).
+        ``factor``, ``max_norm``, ``tol``, ``weight_decay``, ``b1``, ``b2``, ...).
 
     Returns:
       :class:`DescriptorResult`.
     """
-    from jaxcsp.descriptors import descriptor_loss
-    from jaxcsp.symmetry import (
-        free_variables,
-        normalize_cell,
-        reconstruct,
-        validate_free_variables,
-        with_free_variables,
-    )
+    from jaxcsp.symmetry import free_variables, validate_free_variables
 
     validate_free_variables(wc)
-    reference = jnp.asarray(reference, wc.cell.dtype)
-    lo_cell = normalize_cell(jnp.asarray(PYXTAL_CELL_BOX[0], wc.cell.dtype))
-    hi_cell = normalize_cell(jnp.asarray(PYXTAL_CELL_BOX[1], wc.cell.dtype))
-    cell_u, coords = free_variables(wc)
-    cell_u = jnp.clip(cell_u, lo_cell, hi_cell)
-    params = {"cell": cell_u, "coords": coords}
-    mask = {
-        "cell": wc.cell_free,
-        "coords": wc.coords_free & wc.site_mask[..., None],
-    }
-    opt = descriptor_optimizer(
-        learning_rate,
-        lower={"cell": lo_cell, "coords": 0.0},
-        upper={"cell": hi_cell, "coords": 1.0},
-        periodic={"cell": False, "coords": bool(wrap_coords)},
-        mask=mask,
-        update_scale={"cell": cell_step, "coords": 1.0},
-        **optimizer_kwargs,
-    )
-    kw = dict(
+    dtype = wc.cell.dtype
+    reference = jnp.asarray(reference, dtype)
+    loss_kw = dict(
         nmax=nmax,
         lmax=lmax,
-        rcut=rcut,
-        alpha=alpha,
-        weight_on=weight_on,
+        rcut=float(rcut),
+        alpha=float(alpha),
+        weight_on=bool(weight_on),
         weighting=weighting,
-        per_component=per_component,
-        cn_weight=cn_weight,
-        cn_target=cn_target,
-        cn_width=cn_width,
-        cn_reach=cn_reach,
+        per_component=bool(per_component),
+        cn_weight=float(cn_weight),
+        cn_target=float(cn_target),
+        cn_width=float(cn_width),
+        cn_reach=float(cn_reach),
     )
-    cutoff = rcut
-    if cn_weight:
-        from jaxcsp.descriptors import bond_cutoffs
-
-        z = np.unique(np.asarray(wc.site_species)[np.asarray(wc.site_mask)])
-        cutoff = max(rcut, float(bond_cutoffs()[np.ix_(z, z)].max()) + cn_reach)
-
-    def as_wc(p):
-        return with_free_variables(wc, p["cell"], p["coords"])
-
-    spec = _spec_for(reconstruct(as_wc(params)), cutoff)
-    report = {**kw, "cn_weight": 0.0}  # losses reported without the optional CN term
-    loss0, aux0 = descriptor_loss(as_wc(params), reference, spec, **report)
+    report_kw = tuple(sorted({**loss_kw, "cn_weight": 0.0}.items()))
+    static = (
+        tuple(
+            sorted(
+                {
+                    "learning_rate": float(learning_rate),
+                    "cell_step": float(cell_step),
+                    "wrap_coords": bool(wrap_coords),
+                    **optimizer_kwargs,
+                }.items()
+            )
+        ),
+        tuple(sorted(loss_kw.items())),
+    )
+    cutoff = loss_cutoff(wc, rcut, cn_weight=cn_weight, cn_reach=cn_reach) + float(skin)
+    cell_u, coords = free_variables(wc)
+    lo = _normalize_box(PYXTAL_CELL_BOX[0], dtype)
+    hi = _normalize_box(PYXTAL_CELL_BOX[1], dtype)
+    params = {"cell": jnp.clip(cell_u, lo, hi).astype(dtype), "coords": coords.astype(dtype)}
+    if spec is None or spec.cutoff < cutoff:
+        spec = neighbor_spec(_as_wc(wc, params), cutoff)
+    loss0, spectra0, over0, edges0 = _wyckoff_loss(
+        _as_wc(wc, params), reference, spec=spec, max_edges=None, loss_kw=report_kw
+    )
     num_sites = int(jnp.sum(wc.site_mask))
-    max_edges = _edge_capacity(aux0["num_edges"], num_sites)
-
-    def make_loss(spec, max_edges):
-        def loss_fn(p):
-            loss, aux = descriptor_loss(as_wc(p), reference, spec, max_edges=max_edges, **kw)
-            return loss, aux["overflow"]
-
-        return loss_fn
-
+    if max_edges is None:
+        max_edges = edge_capacity(edges0, num_sites)
+    opt = _wyckoff_optimizer(static, wc)
     opt_state = opt.init(params)
     b = wc.batch_size
-    best_params, best_loss = params, jnp.full((b,), jnp.inf, wc.cell.dtype)
-    fns: dict[tuple, Any] = {}
+    carry = (params, opt_state, params, jnp.full((b,), jnp.inf, dtype))
     history, done, reallocations = [], 0, 0
     while done < steps:
         n = min(chunk, steps - done)
-        key = (spec, max_edges, n)
-        if key not in fns:
-            fns[key] = _make_chunk(make_loss(spec, max_edges), opt, n)
-        carry, losses, overflow = fns[key](params, opt_state, best_params, best_loss)
-        if bool(jnp.any(overflow)):
-            # a crystal outgrew the neighbor-list shapes during this chunk: grow them (from the
-            # chunk's end state, plus head-room) and redo the chunk from its start
+        full = (*carry, *_build_list(wc, carry[0], spec=spec))
+        new, losses, overflow = _wyckoff_chunk(
+            full,
+            wc,
+            reference,
+            length=n,
+            spec=spec,
+            max_edges=max_edges,
+            static=static,
+            skin=float(skin),
+        )
+        new = new[:4]
+        if bool(jnp.any(overflow)) or bool(jnp.any(over0)):
+            # a crystal outgrew the neighbor-list or edge-list shapes during this chunk: grow
+            # them (from the chunk's end state, plus head-room) and redo the chunk from its start
             reallocations += 1
             if reallocations > 20:
                 raise RuntimeError("neighbor-list shapes keep overflowing during optimisation")
-            end = as_wc(carry[0])
-            grown = _spec_for(reconstruct(end), cutoff)
-            count = descriptor_loss(end, reference, grown, **kw)[1]["num_edges"]
-            max_edges = _edge_capacity(count, num_sites, max_edges)
+            end = _as_wc(wc, new[0])
+            grown = neighbor_spec(end, cutoff)
             images = tuple(max(g, o) for g, o in zip(grown.images, spec.images, strict=True))
             if images == spec.images and reallocations % 2 == 0:
                 images = tuple(i + 1 for i in images)
@@ -614,26 +752,36 @@ def optimize_wyckoff(
                 max_neighbors=max(grown.max_neighbors, math.ceil(spec.max_neighbors * 1.5)),
                 images=images,
             )
+            count = _wyckoff_loss(end, reference, spec=spec, max_edges=None, loss_kw=report_kw)[3]
+            max_edges = edge_capacity(count, num_sites, max_edges)
+            over0 = jnp.zeros((b,), bool)
             continue
-        params, opt_state, best_params, best_loss = carry
+        carry = new
         history.append(np.asarray(losses))
         done += n
         if callback is not None:
             callback(done, losses[-1])
-        ps = _plateau_state(opt_state)
+        ps = _plateau_state(carry[1])
         if ps is not None and not bool(jnp.any(ps.active)):
             break
-    final = as_wc(best_params)
+    best = carry[2]
+    final = _as_wc(wc, best)
     final = final.replace(cell=jnp.where(wc.cell_free, final.cell, wc.cell))
-    spec_f = _spec_for(reconstruct(final), cutoff)
-    loss1, aux1 = descriptor_loss(final, reference, spec_f, **report)
-    ps = _plateau_state(opt_state)
+    loss1, spectra1, over1, _ = _wyckoff_loss(
+        final, reference, spec=spec, max_edges=None, loss_kw=report_kw
+    )
+    if bool(jnp.any(over1)):
+        spec_f = neighbor_spec(final, cutoff)
+        loss1, spectra1, _, _ = _wyckoff_loss(
+            final, reference, spec=spec_f, max_edges=None, loss_kw=report_kw
+        )
+    ps = _plateau_state(carry[1])
     return DescriptorResult(
         wc=final,
         loss=loss1,
         initial_loss=loss0,
-        spectra=aux1["spectra"],
-        initial_spectra=aux0["spectra"],
+        spectra=spectra1,
+        initial_spectra=spectra0,
         steps=ps.steps if ps is not None else jnp.full((b,), done, jnp.int32),
         history=np.concatenate(history) if history else np.zeros((0, b)),
         reallocations=reallocations,
