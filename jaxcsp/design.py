@@ -281,17 +281,17 @@ def design(
         cn_target=float(target_cn),
         **optimize_kwargs,
     )
-    # one set of shapes for every batch: one compilation for the whole run
-    spec = max_edges = None
+    # batches of candidates that need similar periodic-image ranges (sorted by the cells'
+    # perpendicular widths): thin cells do not make every batch test many images
+    cutoff = loss_cutoff(
+        wc, rcut, cn_weight=cn_weight, cn_reach=optimize_kwargs.get("cn_reach", 0.5)
+    )
     if len(todo):
-        cutoff = loss_cutoff(
-            wc, rcut, cn_weight=cn_weight, cn_reach=optimize_kwargs.get("cn_reach", 0.5)
-        )
-        spec = neighbor_spec(wc.take(todo), cutoff)
-        sites = np.asarray(wc.num_sites)[todo]
-        per_batch = [sites[i : i + batch_size].sum() for i in range(0, len(todo), batch_size)]
-        max_edges = edge_capacity(0, max(per_batch))
-    kw.update(spec=spec, max_edges=max_edges)
+        from jaxcsp.neighbors import cell_widths
+
+        widths = np.asarray(cell_widths(np.asarray(reconstruct(wc.take(todo)).lattice)))
+        need = np.floor(2 * cutoff * 1.25 / widths) + 1
+        todo = todo[np.lexsort((need[:, 2], need[:, 1], need[:, 0], need.prod(-1)))]
     bar = None
     if progress and len(todo):
         from tqdm.auto import tqdm
@@ -304,7 +304,9 @@ def design(
         padded = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
         batch = wc.take(padded)
         t0 = time.perf_counter()
-        res = optimize_wyckoff(batch, ref, **kw)
+        spec = neighbor_spec(batch, cutoff)
+        max_edges = edge_capacity(0, int(np.asarray(batch.num_sites).sum()))
+        res = optimize_wyckoff(batch, ref, spec=spec, max_edges=max_edges, **kw)
         jax.block_until_ready(res.loss)
         seconds += time.perf_counter() - t0
         k = len(idx)
