@@ -36,6 +36,7 @@ from jaxcsp.crystal import Crystals
 from jaxcsp.errors import InvalidStructureError, StructureFileError
 
 __all__ = [
+    "connect_db",
     "from_ase",
     "from_pymatgen",
     "read",
@@ -356,6 +357,18 @@ def write(
 # ---------------------------------------------------------------------- ASE database
 
 
+def connect_db(path: str | os.PathLike):
+    """Open an ASE database (SQLite path or URL) without ASE's lock file.
+
+    SQLite and PostgreSQL make every write a transaction already; ASE's extra ``.lock`` file is
+    left behind when a process is killed mid-write and then blocks every later writer forever,
+    which would defeat resuming a killed run.
+    """
+    import ase.db
+
+    return ase.db.connect(os.fspath(path), use_lock_file=False)
+
+
 def _plain(value: Any, key: str, index: int) -> Any:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
@@ -421,7 +434,6 @@ def write_db(
     Returns:
       The ``B`` new row ids, in batch order.
     """
-    import ase.db
 
     images = to_ase(crystals)
     b = len(images)
@@ -430,7 +442,7 @@ def write_db(
     datas = _rows_of(data, b, "data") if data is not None else [None] * b
     ids = []
     try:
-        db = ase.db.connect(os.fspath(path))
+        db = connect_db(path)
         with db:
             for atoms, kvp, d in zip(images, kvps, datas, strict=True):
                 ids.append(db.write(atoms, key_value_pairs=kvp, data=d or {}))
@@ -463,13 +475,12 @@ def read_db(
     Raises:
       StructureFileError: missing database or no matching rows.
     """
-    import ase.db
 
     spath = os.fspath(path)
     if "://" not in spath and not os.path.exists(spath):
         raise StructureFileError("no such database", path=spath)
     try:
-        db = ase.db.connect(spath)
+        db = connect_db(spath)
         rows = list(db.select(selection, sort="id", **query))
     except Exception as e:
         raise StructureFileError(

@@ -245,12 +245,12 @@ def relax_stream(
       StructureFileError: unreadable source. JaxcspError: bad arguments, or a database that
       holds rows of a different source.
     """
-    import ase.db
+    from jaxcsp.io import connect_db
 
     _check_args(method, cell_filter)
     t0 = time.perf_counter()
     images = _load_source(source)
-    con = ase.db.connect(os.fspath(db))
+    con = connect_db(db)
     done = _done_ids(con)
     work, skipped, written = _prepare(images, potential, done, con)
     statuses: dict[str, int] = {"invalid": written} if written else {}
