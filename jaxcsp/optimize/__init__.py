@@ -29,6 +29,13 @@ from jaxcsp.optimize._relax import (
 )
 from jaxcsp.optimize._stream import StreamSummary, relax_stream, size_class
 from jaxcsp.optimize._symmetric import WyckoffData, relax_wyckoff, wyckoff_from_dofs
+from jaxcsp.optimize.descriptor import (
+    clip_by_per_sample_norm,
+    descriptor_optimizer,
+    optimize_wyckoff,
+    project_box,
+    scale_by_plateau_per_sample,
+)
 
 __all__ = [
     "CONVERGED",
@@ -47,15 +54,20 @@ __all__ = [
     "StreamSummary",
     "WyckoffData",
     "bfgs_linesearch",
+    "clip_by_per_sample_norm",
     "crystals_from_dofs",
+    "descriptor_optimizer",
     "fire",
     "initial_dofs",
     "lbfgs",
     "make_optimizer",
     "masked_fmax",
+    "optimize_wyckoff",
+    "project_box",
     "relax",
     "relax_stream",
     "relax_wyckoff",
+    "scale_by_plateau_per_sample",
     "size_class",
     "symmetry_operations",
     "wyckoff_from_dofs",
