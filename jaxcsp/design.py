@@ -116,7 +116,7 @@ class DesignResult:
         scale with PyXtal's multiplicity weighting).
       valid_initial, valid: ``(n,)`` bool, CN = 3 for every atom before and after.
       spectra_initial, spectra: ``(n, S, F)`` site spectra before and after (NaN for
-        candidates loaded from the database on resume).
+        candidates loaded from the database on resume and for padding sites).
       site_mask: ``(n, S)`` real sites.
       reference: ``(F,)`` target spectrum.
       seconds: wall time of the optimisation (excluding generation and I/O), s.
@@ -175,6 +175,22 @@ def loss_histogram(
     edges = np.asarray(bins if bins is not None else [0.0, *10.0 ** np.arange(-6, 4), np.inf])
     counts, _ = np.histogram(np.asarray(loss, np.float64), bins=edges)
     return counts, edges
+
+
+def _trim(wc: Any) -> Any:
+    """Drop the padding sites and atom slots no crystal of the batch uses (smaller shapes)."""
+    s = max(int(np.asarray(wc.num_sites).max()), 1)
+    n = max(int(np.asarray(wc.num_atoms).max()), 1)
+    return wc.replace(
+        wyckoff=wc.wyckoff[:, :s],
+        site_species=wc.site_species[:, :s],
+        site_mask=wc.site_mask[:, :s],
+        coords=wc.coords[:, :s],
+        coords_free=wc.coords_free[:, :s],
+        atom_site=wc.atom_site[:, :n],
+        atom_op=wc.atom_op[:, :n],
+        atom_mask=wc.atom_mask[:, :n],
+    )
 
 
 def _site_mask(wc: Any) -> np.ndarray:
@@ -291,7 +307,8 @@ def design(
 
         widths = np.asarray(cell_widths(np.asarray(reconstruct(wc.take(todo)).lattice)))
         need = np.floor(2 * cutoff * 1.25 / widths) + 1
-        todo = todo[np.lexsort((need[:, 2], need[:, 1], need[:, 0], need.prod(-1)))]
+        natoms = np.asarray(wc.num_atoms)[todo]
+        todo = todo[np.lexsort((need[:, 2], need[:, 1], need[:, 0], need.prod(-1), natoms))]
     bar = None
     if progress and len(todo):
         from tqdm.auto import tqdm
@@ -302,7 +319,7 @@ def design(
     for start in range(0, len(todo), batch_size):
         idx = todo[start : start + batch_size]
         padded = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
-        batch = wc.take(padded)
+        batch = _trim(wc.take(padded))
         t0 = time.perf_counter()
         spec = neighbor_spec(batch, cutoff)
         max_edges = edge_capacity(0, int(np.asarray(batch.num_sites).sum()))
@@ -317,8 +334,9 @@ def design(
         out["loss"][idx] = np.asarray(res.loss)[:k]
         out["valid_initial"][idx] = v0
         out["valid"][idx] = v1
-        out["spectra_initial"][idx] = np.asarray(res.initial_spectra)[:k]
-        out["spectra"][idx] = np.asarray(res.spectra)[:k]
+        s_b = res.spectra.shape[1]
+        out["spectra_initial"][idx, :s_b] = np.asarray(res.initial_spectra)[:k]
+        out["spectra"][idx, :s_b] = np.asarray(res.spectra)[:k]
         final_parts[start] = (idx, res.wc.take(np.arange(k)))
         if db is not None:
             spg = np.asarray(batch.spg)[:k]
@@ -350,7 +368,7 @@ def design(
         coords = np.asarray(wc.coords).copy()
         for i, (part, j) in upd.items():
             cells[i] = np.asarray(part.cell[j])
-            coords[i] = np.asarray(part.coords[j])
+            coords[i, : part.coords.shape[1]] = np.asarray(part.coords[j])
         final = wc.replace(cell=jnp.asarray(cells, wc.cell.dtype), coords=jnp.asarray(coords))
     result = DesignResult(
         initial=wc,
