@@ -8,7 +8,17 @@ The public contract is in DESIGN.md §4; the names re-exported here are stable.
 1
 """
 
-from jaxcsp import elements, errors, io, neighbors, optimize, potentials, symmetry
+from jaxcsp import (
+    descriptors,
+    design,
+    elements,
+    errors,
+    io,
+    neighbors,
+    optimize,
+    potentials,
+    symmetry,
+)
 from jaxcsp.calculator import Results, calculate
 from jaxcsp.crystal import Crystals, compact, concatenate, pad, stack, unstack
 from jaxcsp.errors import InvalidStructureError, JaxcspError, StructureFileError
@@ -25,6 +35,8 @@ __all__ = [
     "calculate",
     "compact",
     "concatenate",
+    "descriptors",
+    "design",
     "elements",
     "errors",
     "io",

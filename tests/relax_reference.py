@@ -40,15 +40,22 @@ def _efs(potential, crystals, spec):
     return calculate_with_neighbors(potential, crystals, nl), nl
 
 
+def shared_spec(potential, crystals: Crystals):
+    """One generous neighbor-list shape for a whole set of structures (one compilation)."""
+    return nb.neighbor_list_spec(
+        crystals, float(potential.cutoff), capacity_headroom=1.0, cell_headroom=0.5
+    )
+
+
 class FastCalculator(Calculator):
-    """ASE calculator for ``potential`` with fixed padding ``n_pad`` and neighbor capacity ``k``."""
+    """ASE calculator for ``potential`` with fixed padding ``n_pad`` and a shared list shape."""
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]  # noqa: RUF012
 
-    def __init__(self, potential, n_pad: int, k: int = 128, limit: int = 4000):
+    def __init__(self, potential, n_pad: int, spec=None, limit: int = 4000):
         super().__init__()
         self.potential, self.n_pad, self.limit, self.calls = potential, n_pad, limit, 0
-        self.k, self.spec = k, None
+        self.spec = spec
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -68,9 +75,7 @@ class FastCalculator(Calculator):
             jnp.asarray(species > 0),
         )
         if self.spec is None:
-            self.spec = nb.neighbor_list_spec(
-                c, float(self.potential.cutoff), max_neighbors=self.k, cell_headroom=0.5
-            )
+            self.spec = shared_spec(self.potential, c)
         r, nl = _efs(self.potential, c, self.spec)
         while bool(nl.overflow[0]):  # grow the shapes (recompiles), never truncate
             self.spec = nb.neighbor_list_spec(
@@ -95,6 +100,7 @@ def ase_relax(
     fmax: float,
     steps: int,
     n_pad: int = 64,
+    spec=None,
     fix_symmetry: bool = False,
 ):
     """Relax a copy of ``atoms`` with an ASE optimizer; returns ``(atoms, calls, ok)``."""
@@ -103,7 +109,7 @@ def ase_relax(
     from ase.optimize import FIRE, LBFGS, BFGSLineSearch
 
     atoms = atoms.copy()
-    calc = FastCalculator(potential, n_pad)
+    calc = FastCalculator(potential, n_pad, spec)
     atoms.calc = calc
     if fix_symmetry:
         atoms.set_constraint(FixSymmetry(atoms, symprec=1e-4))

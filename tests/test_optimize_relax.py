@@ -12,7 +12,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from relax_reference import ase_relax, relax_set
+from relax_reference import ase_relax, relax_set, shared_spec
 
 import jaxcsp as jc
 from jaxcsp import potentials
@@ -31,9 +31,10 @@ def _compare(name: str, method: str, n: int | None = None):
     pot = POTENTIALS[name]()
     images = relax_set(name)[:n]
     rows = []
+    spec = shared_spec(pot, jc.io.from_ase(images))
     for cell in (False, True):
         subset = images[int(cell) :: 2]
-        c = jc.io.from_ase(subset, max_atoms=64)
+        c = jc.io.from_ase(subset)
         res = relax(
             c,
             pot,
@@ -44,7 +45,14 @@ def _compare(name: str, method: str, n: int | None = None):
         )
         for i, atoms in enumerate(subset):
             ref, calls, ok = ase_relax(
-                atoms, pot, optimizer=method, cell=cell, fmax=FMAX, steps=1000
+                atoms,
+                pot,
+                optimizer=method,
+                cell=cell,
+                fmax=FMAX,
+                steps=1000,
+                n_pad=max(len(a) for a in images),
+                spec=spec,
             )
             n_at = len(atoms)
             rows.append(
