@@ -25,6 +25,7 @@ Contract (DESIGN.md §4, §5):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -136,6 +137,23 @@ def energies(potential: Potential, crystals: Crystals, neighbors: Any = None) ->
 
 
 _calculate_jit = jax.jit(calculate_with_neighbors)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _calculate_with_update_jit(potential: Potential, crystals: Crystals, spec: Any):
+    from jaxcsp import neighbors as nb
+
+    nl = nb.update(spec, crystals)
+    return calculate_with_neighbors(potential, crystals, nl), jnp.any(nl.overflow)
+
+
+def _calculate_with_update(potential: Potential, crystals: Crystals, spec: Any):
+    """Results and an overflow flag with neighbor shapes fixed by ``spec`` (``None``: no list)."""
+    if spec is None:
+        return _calculate_jit(potential, crystals, None), False
+    return _calculate_with_update_jit(potential, crystals, spec)
+
+
 _energies_jit = jax.jit(energies)
 
 

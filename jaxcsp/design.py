@@ -200,10 +200,10 @@ def _site_mask(wc: Any) -> np.ndarray:
 def _resume_rows(db: str | os.PathLike | None, seed: int, n: int) -> dict[int, dict]:
     if db is None or not os.path.exists(os.fspath(db)):
         return {}
-    import ase.db
+    from jaxcsp.io import connect_db
 
     out = {}
-    with ase.db.connect(os.fspath(db)) as con:
+    with connect_db(db) as con:
         for row in con.select(seed=seed):
             i = int(row.get("candidate", -1))
             if 0 <= i < n and int(row.get("n_candidates", n)) == n:

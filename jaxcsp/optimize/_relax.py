@@ -329,6 +329,60 @@ def _check_args(method, cell_filter):
         raise JaxcspError(f"unknown cell_filter {cell_filter!r}; choose None or 'frechet'")
 
 
+def drive(
+    x0: Array,
+    row_mask: Array,
+    data: Any,
+    potential,
+    crystals: Crystals,
+    *,
+    method: str,
+    options: dict,
+    mode: str | None,
+    fmax: float,
+    max_steps: int,
+    chunk: int,
+    neighbor_method: str,
+    progress: bool = False,
+):
+    """Run an optimizer from ``x0`` until every structure stops (host loop over jitted chunks).
+
+    Neighbor-list shapes are chosen from ``crystals`` (the starting structures); whenever a chunk
+    reports overflow, the shapes are re-chosen with more head-room from the structures at the
+    chunk's start and the chunk is recomputed (deterministic: nothing is lost or truncated).
+
+    Returns:
+      The final optimizer state.
+    """
+    kw = dict(method=method, options=tuple(sorted(options.items())), cell_filter=mode)
+    growth = 1.0
+    spec = _spec_for(potential, crystals, method=neighbor_method)
+    state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
+    while bool(jnp.any(state.overflow)):
+        growth *= 2.0
+        spec = _spec_for(potential, crystals, method=neighbor_method, growth=growth)
+        state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(x0.shape[0]), desc=f"relax ({method})", unit="struct")
+    while bool(jnp.any(state.status == RUNNING)):
+        new = _run(state, data, potential, spec, n_steps=chunk, **kw)
+        if bool(jnp.any(new.overflow)):
+            growth *= 2.0
+            current = crystals_from_dofs(state.x, data, mode)
+            spec = _spec_for(potential, current, method=neighbor_method, growth=growth)
+            continue
+        state = new
+        if bar is not None:
+            bar.n = int(jnp.sum(state.status != RUNNING))
+            bar.refresh()
+    if bar is not None:
+        bar.close()
+    return state
+
+
 def relax(
     crystals: Crystals,
     potential,
@@ -369,43 +423,36 @@ def relax(
       InvalidStructureError: an element the potential does not cover (naming the structure).
       JaxcspError: unknown method or cell filter.
     """
-    from jaxcsp.calculator import calculate
     from jaxcsp.potentials import check_species
 
     _check_args(method, cell_filter)
     check_species(potential, crystals)
     data = make_data(crystals, pressure=pressure, symmetric=symmetric, symprec=symprec)
     x0, row_mask = initial_dofs(crystals, cell_filter)
-    opts = tuple(sorted(options.items()))
-    kw = dict(method=method, options=opts, cell_filter=cell_filter)
-    growth = 1.0
-    spec = _spec_for(potential, crystals, method=neighbor_method)
-    state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
-    while bool(jnp.any(state.overflow)):
-        growth *= 2.0
-        spec = _spec_for(potential, crystals, method=neighbor_method, growth=growth)
-        state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
+    state = drive(
+        x0,
+        row_mask,
+        data,
+        potential,
+        crystals,
+        method=method,
+        options=options,
+        mode=cell_filter,
+        fmax=fmax,
+        max_steps=max_steps,
+        chunk=chunk,
+        neighbor_method=neighbor_method,
+        progress=progress,
+    )
+    return result_from_state(
+        state, crystals_from_dofs(state.x, data, cell_filter), potential, neighbor_method
+    )
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=crystals.batch_size, desc=f"relax ({method})", unit="struct")
-    while bool(jnp.any(state.status == RUNNING)):
-        new = _run(state, data, potential, spec, n_steps=chunk, **kw)
-        if bool(jnp.any(new.overflow)):
-            growth *= 2.0
-            current = crystals_from_dofs(state.x, data, cell_filter)
-            spec = _spec_for(potential, current, method=neighbor_method, growth=growth)
-            continue
-        state = new
-        if bar is not None:
-            bar.n = int(jnp.sum(state.status != RUNNING))
-            bar.refresh()
-    if bar is not None:
-        bar.close()
+def result_from_state(state, final: Crystals, potential, neighbor_method: str) -> RelaxResult:
+    """Final energies/forces/stress (one more evaluation) and the optimizer's bookkeeping."""
+    from jaxcsp.calculator import calculate
 
-    final = crystals_from_dofs(state.x, data, cell_filter)
     res = calculate(potential, final, method=neighbor_method)
     return RelaxResult(
         crystals=final,

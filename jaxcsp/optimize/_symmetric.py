@@ -25,8 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcsp.crystal import Crystals
-from jaxcsp.optimize._base import RUNNING, masked_fmax
-from jaxcsp.optimize._relax import RelaxResult, _check_args, _init, _run, _spec_for
+from jaxcsp.optimize._relax import RelaxResult, _check_args, drive, result_from_state
 
 __all__ = ["WyckoffData", "crystals_from_wyckoff_dofs", "relax_wyckoff", "wyckoff_from_dofs"]
 
@@ -92,6 +91,7 @@ def relax_wyckoff(
     pressure: float = 0.0,
     chunk: int = 50,
     neighbor_method: str = "auto",
+    progress: bool = False,
     **options: Any,
 ) -> tuple[Any, RelaxResult]:
     """Relax a ``WyckoffCrystals`` batch in its free variables (symmetry kept by construction).
@@ -103,14 +103,13 @@ def relax_wyckoff(
       fmax: convergence threshold on the largest DOF-gradient row (≈ eV/Å, see the module
         docstring).
       cell: also relax the free lattice parameters.
-      max_steps, pressure (eV/Å³), chunk, neighbor_method, **options: as in
+      max_steps, pressure (eV/Å³), chunk, neighbor_method, progress, **options: as in
         :func:`jaxcsp.optimize.relax`.
 
     Returns:
       ``(wc_final, result)``: the relaxed Wyckoff batch and a
       :class:`~jaxcsp.optimize.RelaxResult` for the reconstructed crystals.
     """
-    from jaxcsp.calculator import calculate
     from jaxcsp.potentials import check_species
     from jaxcsp.symmetry import reconstruct
 
@@ -127,33 +126,22 @@ def relax_wyckoff(
         angles0=jnp.deg2rad(jnp.asarray(wc.cell[:, 3:], dtype)),
         pressure=jnp.broadcast_to(jnp.asarray(pressure, dtype), (wc.batch_size,)),
     )
-    kw = dict(method=method, options=tuple(sorted(options.items())), cell_filter=mode)
-    growth = 1.0
-    spec = _spec_for(potential, c0, method=neighbor_method)
-    state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
-    while bool(jnp.any(state.overflow)):
-        growth *= 2.0
-        spec = _spec_for(potential, c0, method=neighbor_method, growth=growth)
-        state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
-    while bool(jnp.any(state.status == RUNNING)):
-        new = _run(state, data, potential, spec, n_steps=chunk, **kw)
-        if bool(jnp.any(new.overflow)):
-            growth *= 2.0
-            current = crystals_from_wyckoff_dofs(state.x, data)
-            spec = _spec_for(potential, current, method=neighbor_method, growth=growth)
-            continue
-        state = new
+    state = drive(
+        x0,
+        row_mask,
+        data,
+        potential,
+        c0,
+        method=method,
+        options=options,
+        mode=mode,
+        fmax=fmax,
+        max_steps=max_steps,
+        chunk=chunk,
+        neighbor_method=neighbor_method,
+        progress=progress,
+    )
     wc_final = wyckoff_from_dofs(state.x, data)
-    final = reconstruct(wc_final, wrap=True)
-    res = calculate(potential, final, method=neighbor_method)
-    return wc_final, RelaxResult(
-        crystals=final,
-        energy=res.energy,
-        forces=res.forces,
-        stress=res.stress,
-        fmax=masked_fmax(state.grad, state.row_mask),
-        converged=state.status == 1,
-        status=state.status,
-        steps=state.steps,
-        force_calls=state.force_calls,
+    return wc_final, result_from_state(
+        state, reconstruct(wc_final, wrap=True), potential, neighbor_method
     )

@@ -34,35 +34,87 @@ __all__ = ["JaxcspCalculator", "from_ase_calculator"]
 class JaxcspCalculator(Calculator):
     """ASE calculator for a jaxcsp :class:`~jaxcsp.potentials.Potential`.
 
-    Each call runs :func:`jaxcsp.calculator.calculate` on a batch of one (jitted; the first call
-    for a new atom count or neighbor capacity compiles).
+    Shapes are sticky: atoms are padded to a multiple of ``pad_to`` and the neighbor-list shape
+    (capacity and image range, with head-room) is kept between calls, so an ASE optimizer or MD
+    run compiles once instead of every time the neighbor count changes; the shape only grows
+    (one recompilation) when a list would overflow, and is never truncated.
 
     Args:
       potential: any jaxcsp potential.
+      pad_to: atom counts are padded up to a multiple of this.
+      capacity_headroom, cell_headroom: head-room of the kept neighbor-list shape (see
+        :func:`jaxcsp.neighbors.neighbor_list_spec`).
+      max_atoms: initial padded atom count (default: the first structure's, rounded up).
+      spec: initial :class:`~jaxcsp.neighbors.NeighborListSpec`; share one between calculators
+        of many structures so they all reuse one compiled program.
       **kwargs: passed to :class:`ase.calculators.calculator.Calculator`.
 
     Attributes:
       potential: the wrapped potential.
+      calls: number of evaluations so far.
     """
 
     implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, potential: Potential, **kwargs: Any):
+    def __init__(
+        self,
+        potential: Potential,
+        *,
+        pad_to: int = 8,
+        capacity_headroom: float = 0.5,
+        cell_headroom: float = 0.3,
+        max_atoms: int = 0,
+        spec: Any = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.potential = potential
+        self.pad_to = max(1, int(pad_to))
+        self.capacity_headroom = capacity_headroom
+        self.cell_headroom = cell_headroom
+        self.calls = 0
+        self._spec = spec
+        self._n_pad = int(max_atoms)
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes):
         """Compute energy (eV), forces (eV/Å) and stress (Voigt, eV/Å³) for ``atoms``."""
         super().calculate(atoms, properties, system_changes)
-        from jaxcsp.calculator import calculate
+        from jaxcsp import neighbors as nb
+        from jaxcsp.calculator import _calculate_with_update
         from jaxcsp.io import from_ase
+        from jaxcsp.potentials._base import check_species
 
-        r = calculate(self.potential, from_ase([self.atoms]))
+        n = len(self.atoms)
+        if n > self._n_pad:
+            self._n_pad = -(-n // self.pad_to) * self.pad_to
+            self._spec = None
+        c = from_ase([self.atoms], max_atoms=self._n_pad)
+        check_species(self.potential, c)
+        self.calls += 1
+        if self.potential.cutoff is None:
+            r, overflow = _calculate_with_update(self.potential, c, None), False
+        else:
+            if self._spec is None:
+                self._spec = nb.neighbor_list_spec(
+                    c,
+                    float(self.potential.cutoff),
+                    capacity_headroom=self.capacity_headroom,
+                    cell_headroom=self.cell_headroom,
+                )
+            r, overflow = _calculate_with_update(self.potential, c, self._spec)
+            while bool(overflow):  # grow the kept shape (one recompilation), never truncate
+                self._spec = nb.neighbor_list_spec(
+                    c,
+                    float(self.potential.cutoff),
+                    capacity_headroom=2 * self.capacity_headroom,
+                    cell_headroom=2 * self.cell_headroom,
+                )
+                r, overflow = _calculate_with_update(self.potential, c, self._spec)
         energy = float(r.energy[0])
         self.results = {
             "energy": energy,
             "free_energy": energy,
-            "forces": np.asarray(r.forces[0], dtype=np.float64),
+            "forces": np.asarray(r.forces[0, :n], dtype=np.float64),
             "stress": full_3x3_to_voigt_6_stress(np.asarray(r.stress[0], dtype=np.float64)),
         }
 
