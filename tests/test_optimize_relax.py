@@ -98,3 +98,11 @@ def test_fire_matches_ase(name):
     # FIRE has no line search: identical arithmetic gives identical trajectories
     same_calls = [r["ours_calls"] == r["ase_calls"] for r in rows if r["ase_ok"]]
     assert np.mean(same_calls) >= 0.9
+
+
+def test_lbfgs_matches_ase():
+    rows = _compare("sw", "lbfgs", n=8)
+    d_e = np.array([r["dE"] for r in rows])
+    assert np.mean(np.abs(d_e) < 1e-4) >= 0.95, d_e
+    same_calls = [r["ours_calls"] == r["ase_calls"] for r in rows if r["ase_ok"]]
+    assert np.mean(same_calls) >= 0.9, rows
