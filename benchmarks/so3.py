@@ -1,8 +1,11 @@
 """SO(3) power spectrum (and its gradient) for a batch of carbon crystals vs PyXtal's ``SO3``.
 
-Ours: one jitted call for the whole batch (neighbor-list update + spectra of every atom; for the
+Ours: one jitted call for the whole batch (neighbor search + spectra of every atom; for the
 gradient, ``value_and_grad`` of a weighted sum of all spectra w.r.t. fractional coordinates
-and lattice). PyXtal: ``SO3.compute_p`` (spectra) and ``SO3.compute_dpdr`` (spectra + dP/dr)
+and lattice), with two neighbor paths: ``dense`` (:func:`jaxcsp.neighbors.update`, one
+``(B, N, K)`` list, then a batch-wide compaction of the edges within ``rcut``) and ``edges``
+(:func:`jaxcsp.neighbors.edge_list`: per-crystal candidate triples re-tested and compacted into
+one edge list, :func:`jaxcsp.descriptors.so3_power_spectrum_edge_list`). PyXtal: ``SO3.compute_p`` (spectra) and ``SO3.compute_dpdr`` (spectra + dP/dr)
 looped over the same structures (its module needs a ``scipy.special.sph_harm`` shim on scipy
 >= 1.17). Setting of the seed: nmax 2, lmax 4, rcut 2 Å, alpha 1.5. Run from the repository
 root::
@@ -22,8 +25,8 @@ from benchmarks.harness import compare, time_fn
 
 jax.config.update("jax_enable_x64", True)
 
-from jaxcsp.descriptors import so3_power_spectrum  # noqa: E402
-from jaxcsp.neighbors import neighbor_list_spec, update  # noqa: E402
+from jaxcsp.descriptors import so3_power_spectrum, so3_power_spectrum_edge_list  # noqa: E402
+from jaxcsp.neighbors import edge_list, edge_list_spec, neighbor_list_spec, update  # noqa: E402
 
 KW = dict(nmax=2, lmax=4, rcut=2.0, alpha=1.5)
 
@@ -90,11 +93,11 @@ def main(argv=None) -> None:
         )
 
         @jax.jit
-        def spectra(cc, spec=spec, cap=cap):
+        def dense_p(cc, spec=spec, cap=cap):
             return so3_power_spectrum(cc, neighbors=update(spec, cc), max_edges=cap, **KW)
 
         @jax.jit
-        def spectra_and_grad(cc, spec=spec, w=w, cap=cap):
+        def dense_g(cc, spec=spec, w=w, cap=cap):
             def f(frac, lattice):
                 x = cc.replace(frac=frac, lattice=lattice)
                 p = so3_power_spectrum(x, neighbors=update(spec, x), max_edges=cap, **KW)
@@ -102,44 +105,46 @@ def main(argv=None) -> None:
 
             return jax.value_and_grad(f, argnums=(0, 1))(cc.frac, cc.lattice)
 
-        name = "f64" if dtype == jnp.float64 else "f32"
-        ours_p = time_fn(spectra, c, repeats=5)
-        ours_g = time_fn(spectra_and_grad, c, repeats=5)
-        if dtype == jnp.float64:
-            peer_p, peer_g = _peer(c, spectra, args.peer_batch)
-        atoms = int(np.asarray(c.num_atoms).sum())
-        case = f"B={c.batch_size} atoms={atoms} {name}"
-        compare(
-            "so3",
-            f"spectrum {case}",
-            ours_p,
-            peer_p,
-            peer_name="pyxtal compute_p",
-            units=c.batch_size,
-            unit_name="crystals",
-            extra={"peer_measured_on": args.peer_batch},
-        )
-        compare(
-            "so3",
-            f"spectrum+grad {case}",
-            ours_g,
-            peer_p,
-            peer_name="pyxtal compute_p",
-            units=c.batch_size,
-            unit_name="crystals",
-            extra={"peer_measured_on": args.peer_batch},
-        )
-        compare(
-            "so3",
-            f"spectrum+grad {case}",
-            ours_g,
-            peer_g,
-            peer_name="pyxtal compute_dpdr",
-            units=c.batch_size,
-            unit_name="crystals",
-            extra={"peer_measured_on": args.peer_batch},
-        )
+        es = edge_list_spec(c, KW["rcut"], capacity_headroom=0.25, cell_headroom=0.05)
 
+        @jax.jit
+        def edges_p(cc, es=es):
+            return so3_power_spectrum_edge_list(cc, edge_list(es, cc), **KW)
+
+        @jax.jit
+        def edges_g(cc, es=es, w=w):
+            def f(frac, lattice):
+                x = cc.replace(frac=frac, lattice=lattice)
+                return jnp.sum(w * so3_power_spectrum_edge_list(x, edge_list(es, x), **KW))
+
+            return jax.value_and_grad(f, argnums=(0, 1))(cc.frac, cc.lattice)
+
+        assert not bool(jnp.any(edge_list(es, c).overflow))
+        np.testing.assert_allclose(edges_p(c), dense_p(c), rtol=1e-4, atol=1e-6)
+        name = "f64" if dtype == jnp.float64 else "f32"
+        if dtype == jnp.float64:
+            peer_p, peer_g = _peer(c, dense_p, args.peer_batch)
+        atoms = int(np.asarray(c.num_atoms).sum())
+        for path, fp, fg in (("dense", dense_p, dense_g), ("edges", edges_p, edges_g)):
+            ours_p = time_fn(fp, c, repeats=5)
+            ours_g = time_fn(fg, c, repeats=5)
+            case = f"B={c.batch_size} atoms={atoms} {name} {path}"
+            extra = {"peer_measured_on": args.peer_batch, "path": path}
+            for label, ours, peer, peer_name in (
+                ("spectrum", ours_p, peer_p, "pyxtal compute_p"),
+                ("spectrum+grad", ours_g, peer_p, "pyxtal compute_p"),
+                ("spectrum+grad", ours_g, peer_g, "pyxtal compute_dpdr"),
+            ):
+                compare(
+                    "so3",
+                    f"{label} {case}",
+                    ours,
+                    peer,
+                    peer_name=peer_name,
+                    units=c.batch_size,
+                    unit_name="crystals",
+                    extra=extra,
+                )
 
 if __name__ == "__main__":
     main()

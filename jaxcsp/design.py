@@ -258,12 +258,7 @@ def design(
     """
     from jaxcsp.descriptors import reference_spectrum, valid_environment
     from jaxcsp.io import write_db
-    from jaxcsp.optimize.descriptor import (
-        edge_capacity,
-        loss_cutoff,
-        neighbor_spec,
-        optimize_wyckoff,
-    )
+    from jaxcsp.optimize.descriptor import loss_cutoff, optimize_wyckoff, site_edge_spec
     from jaxcsp.symmetry import reconstruct
 
     ref = reference_spectrum(reference, nmax=nmax, lmax=lmax, rcut=rcut, alpha=alpha)
@@ -297,18 +292,14 @@ def design(
         cn_target=float(target_cn),
         **optimize_kwargs,
     )
-    # batches of candidates that need similar periodic-image ranges (sorted by the cells'
-    # perpendicular widths): thin cells do not make every batch test many images
+    # batches of candidates of similar size (less padding); image ranges are per crystal
     cutoff = loss_cutoff(
         wc, rcut, cn_weight=cn_weight, cn_reach=optimize_kwargs.get("cn_reach", 0.5)
     )
     if len(todo):
-        from jaxcsp.neighbors import cell_widths
-
-        widths = np.asarray(cell_widths(np.asarray(reconstruct(wc.take(todo)).lattice)))
-        need = np.floor(2 * cutoff * 1.25 / widths) + 1
         natoms = np.asarray(wc.num_atoms)[todo]
-        todo = todo[np.lexsort((need[:, 2], need[:, 1], need[:, 0], need.prod(-1), natoms))]
+        nsites = np.asarray(wc.num_sites)[todo]
+        todo = todo[np.lexsort((nsites, natoms))]
     bar = None
     if progress and len(todo):
         from tqdm.auto import tqdm
@@ -321,9 +312,8 @@ def design(
         padded = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
         batch = _trim(wc.take(padded))
         t0 = time.perf_counter()
-        spec = neighbor_spec(batch, cutoff)
-        max_edges = edge_capacity(0, int(np.asarray(batch.num_sites).sum()))
-        res = optimize_wyckoff(batch, ref, spec=spec, max_edges=max_edges, **kw)
+        spec = site_edge_spec(batch, cutoff)
+        res = optimize_wyckoff(batch, ref, spec=spec, **kw)
         jax.block_until_ready(res.loss)
         seconds += time.perf_counter() - t0
         k = len(idx)

@@ -54,11 +54,16 @@ from jaxcsp.crystal import Crystals
 from jaxcsp.errors import InvalidStructureError, JaxcspError
 
 __all__ = [
+    "EdgeList",
+    "EdgeListSpec",
     "NeighborListOverflowError",
     "NeighborListSpec",
     "Neighbors",
     "cell_widths",
     "distances",
+    "edge_list",
+    "edge_list_spec",
+    "edge_list_vectors",
     "edge_vectors",
     "neighbor_list",
     "neighbor_list_spec",
@@ -495,3 +500,325 @@ def distances(crystals: Crystals, neighbors: Neighbors) -> Array:
     d2 = jnp.sum(v * v, axis=-1)
     safe = jnp.where(neighbors.mask, d2, jnp.ones_like(d2))
     return jnp.where(neighbors.mask, jnp.sqrt(safe), jnp.zeros_like(d2))
+
+
+# ---------------------------------------------------------------------- sparse edge lists
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
+class EdgeListSpec:
+    """Candidate ``(center, neighbor, image)`` triples of a batch, chosen on the host.
+
+    Built by :func:`edge_list_spec` for a set of *query* atoms (the centers) of each crystal:
+    every real atom ``j`` of the same crystal and every image offset inside the crystal's own
+    image box is one candidate; :func:`edge_list` tests them and compacts the hits into one
+    batch-wide edge list. Unlike :class:`NeighborListSpec` (one image box and one capacity per
+    atom for the whole batch), the work scales with the sum over crystals of
+    ``centers × atoms × images`` of *that* crystal, which is what descriptor losses over a few
+    Wyckoff representatives of many small, differently shaped cells need.
+
+    Attributes:
+      row: ``(T,)`` int32 query row ``b * R + r`` of each candidate.
+      center: ``(T,)`` int32 flat atom index ``b * N + i`` of the center.
+      neighbor: ``(T,)`` int32 flat atom index ``b * N + j``.
+      crystal: ``(T,)`` int32 crystal ``b`` (candidates are sorted by it).
+      offset: ``(T, 3)`` int32 offset inside the crystal's image box.
+      valid: ``(T,)`` bool, False for the padding of ``T``.
+      box: ``(B, 3)`` int32 images per axis of each crystal's box.
+      cutoff: static cutoff in Å.
+      max_edges: static capacity ``E`` of the edge list.
+      num_rows: static query rows per crystal ``R``.
+    """
+
+    row: Array
+    center: Array
+    neighbor: Array
+    crystal: Array
+    offset: Array
+    valid: Array
+    box: Array
+    cutoff: float = dataclasses.field(metadata=dict(static=True))
+    max_edges: int = dataclasses.field(metadata=dict(static=True))
+    num_rows: int = dataclasses.field(metadata=dict(static=True))
+
+    @property
+    def num_candidates(self) -> int:
+        """Candidate triples ``T`` (static)."""
+        return self.row.shape[0]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
+class EdgeList:
+    """One batch-wide list of edges from query rows (centers) to neighbors.
+
+    The vector of edge ``e`` is ``r_j - r_i + shift @ lattice`` with ``i = center[e]`` and
+    ``j = neighbor[e]`` (flat indices ``b * N + atom``), the convention of :class:`Neighbors`.
+    Unused slots have ``mask == False``, ``neighbor == center`` and a zero shift (zero vector).
+
+    Attributes:
+      row: ``(E,)`` int32 query row ``b * R + r`` (segment id for per-row sums).
+      center: ``(E,)`` int32 flat center index.
+      neighbor: ``(E,)`` int32 flat neighbor index.
+      shift: ``(E, 3)`` int32 integer image shift.
+      mask: ``(E,)`` bool, real edges (sorted by crystal, then by row).
+      overflow: ``(B,)`` bool, True where a crystal's edges did not all fit or its cell became
+        too thin for its image box; rebuild the spec on the host (:func:`edge_list_spec`).
+      count: ``(B,)`` int32 edges found per crystal (may exceed what fit).
+      cutoff: static cutoff in Å.
+      num_rows: static query rows per crystal ``R``.
+    """
+
+    row: Array
+    center: Array
+    neighbor: Array
+    shift: Array
+    mask: Array
+    overflow: Array
+    count: Array
+    cutoff: float = dataclasses.field(metadata=dict(static=True))
+    num_rows: int = dataclasses.field(metadata=dict(static=True))
+
+    @property
+    def capacity(self) -> int:
+        """Edge slots ``E`` (static)."""
+        return self.row.shape[0]
+
+
+#: Largest number of candidate triples :func:`edge_list_spec` builds (memory guard).
+MAX_CANDIDATES = 1 << 27
+
+
+def _round_up(n: int, fine: int = 8) -> int:
+    """``n`` rounded up to a multiple of ``2**(bit_length - log2(fine))`` (< 1/fine extra):
+    few distinct shapes, so recompilations stay rare as sizes drift."""
+    n = max(int(n), 1)
+    step = max(1 << max(n.bit_length() - fine.bit_length(), 0), 512)
+    return -(-n // step) * step
+
+
+def edge_list_spec(
+    crystals: Crystals,
+    cutoff: float,
+    *,
+    centers: Any = None,
+    center_mask: Any = None,
+    max_edges: int | None = None,
+    capacity_headroom: float = 0.5,
+    cell_headroom: float = 0.25,
+    min_edges_per_row: int = 0,
+    min_box: Any = None,
+) -> EdgeListSpec:
+    """Candidate triples and edge capacity for :func:`edge_list` (host side).
+
+    Args:
+      crystals: concrete batch (``lattice (B, 3, 3)`` Å, ``frac (B, N, 3)``, ``mask (B, N)``).
+      cutoff: cutoff radius in Å.
+      centers: ``(B, R)`` int atom indices of the query rows (e.g. one representative per
+        Wyckoff site); ``None``: every atom (``R = N``).
+      center_mask: ``(B, R)`` bool, real rows (default: the centers' atom mask).
+      max_edges: edge capacity ``E``; ``None``: the edges of the data plus
+        ``capacity_headroom``, at least ``min_edges_per_row`` per real row, rounded up.
+      capacity_headroom: relative head-room on the counted edges.
+      cell_headroom: relative amount by which cell widths may shrink before :func:`edge_list`
+        reports an overflow (each crystal's image box is sized for ``cutoff * (1 + h)``).
+      min_edges_per_row: lower bound on the capacity per real row (structures that densify).
+      min_box: optional ``(B, 3)`` int lower bound on each crystal's image box (e.g. the box
+        of a spec that overflowed).
+
+    Returns:
+      :class:`EdgeListSpec`.
+
+    Raises:
+      InvalidStructureError: bad cutoff, centers out of range, traced input, degenerate cell,
+        or more than :data:`MAX_CANDIDATES` candidates (use :func:`neighbor_list` for full lists
+        of large cells).
+    """
+    cutoff = _check_cutoff(cutoff)
+    crystals = _check_crystals(crystals)
+    if not _concrete(crystals.lattice):
+        raise InvalidStructureError(
+            "edge_list_spec needs concrete crystals (call it outside jit)", field="lattice"
+        )
+    lat = np.asarray(crystals.lattice, dtype=np.float64)
+    frac = np.asarray(crystals.frac, dtype=np.float64)
+    amask = np.asarray(crystals.mask, bool)
+    b, n = amask.shape
+    if centers is None:
+        ctr = np.broadcast_to(np.arange(n, dtype=np.int64), (b, n))
+        cmask = amask if center_mask is None else np.asarray(center_mask, bool)
+    else:
+        ctr = np.asarray(centers, dtype=np.int64)
+        if ctr.ndim != 2 or ctr.shape[0] != b:
+            raise InvalidStructureError(
+                f"centers must have shape (B={b}, R), got {ctr.shape}", field="centers"
+            )
+        if ctr.size and (ctr.min() < 0 or ctr.max() >= n):
+            raise InvalidStructureError(f"centers out of range [0, {n})", field="centers")
+        cmask = (
+            np.take_along_axis(amask, ctr, axis=1)
+            if center_mask is None
+            else np.asarray(center_mask, bool) & np.take_along_axis(amask, ctr, axis=1)
+        )
+    r = ctr.shape[1]
+    widths = cell_widths(lat)
+    bad = ~np.all(np.isfinite(widths) & (widths > 0), axis=-1)
+    if bad.any():
+        raise InvalidStructureError(
+            "degenerate or non-finite cell", index=int(np.argmax(bad)), field="lattice"
+        )
+    box = _images_needed(cutoff * (1.0 + cell_headroom) / widths)  # (B, 3)
+    if min_box is not None:
+        box = np.maximum(box, np.asarray(min_box, dtype=box.dtype).reshape(b, 3))
+    m = box.prod(axis=-1)
+    if len(m) and m.max() > MAX_IMAGES:
+        worst = int(np.argmax(m))
+        raise InvalidStructureError(
+            f"cutoff {cutoff} Å needs {int(m[worst])} periodic images (cell widths "
+            f"{widths[worst].round(3).tolist()} Å); the cell is too thin for this cutoff "
+            f"(limit {MAX_IMAGES})",
+            index=worst,
+            field="lattice",
+        )
+    rows_b = cmask.sum(axis=-1)
+    atoms_b = amask.sum(axis=-1)
+    sizes = rows_b * atoms_b * m
+    total = int(sizes.sum())
+    if total > MAX_CANDIDATES:
+        worst = int(np.argmax(sizes))
+        raise InvalidStructureError(
+            f"{total} candidate (center, neighbor, image) triples exceed {MAX_CANDIDATES}; "
+            "use jaxcsp.neighbors.neighbor_list for full lists of large or thin cells",
+            index=worst,
+            field="centers",
+        )
+    # candidate g of crystal b: local index -> (real row r, real atom j, image t), vectorised
+    start = np.concatenate([[0], np.cumsum(sizes)])
+    g = np.arange(total, dtype=np.int64)
+    cr = np.searchsorted(start, g, side="right") - 1
+    local = g - start[cr]
+    per_row = (atoms_b * m)[cr]
+    r_loc = local // per_row
+    j_loc = (local // m[cr]) % atoms_b[cr]
+    t = local % m[cr]
+    row_order = np.argsort(~cmask, axis=1, kind="stable")  # real rows first
+    atom_order = np.argsort(~amask, axis=1, kind="stable")
+    rr = row_order[cr, r_loc]
+    jj = atom_order[cr, j_loc]
+    m2, m3 = box[cr, 1], box[cr, 2]
+    cat = {
+        "row": cr * r + rr,
+        "center": cr * n + ctr[cr, rr],
+        "neighbor": cr * n + jj,
+        "crystal": cr,
+        "offset": np.stack([t // (m2 * m3), (t // m3) % m2, t % m3], -1),
+    }
+    size = _round_up(total)
+    pad = size - total
+    valid = np.concatenate([np.ones(total, bool), np.zeros(pad, bool)])
+    arrays = {
+        k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]).astype(np.int32)
+        for k, v in cat.items()
+    }
+    if max_edges is None:
+        # count the edges of the data (numpy, float64)
+        f = frac.reshape(-1, 3)
+        ci, nj, cr = cat["center"], cat["neighbor"], cat["crystal"]
+        d = f[nj] - f[ci]
+        x = (cutoff / widths)[cr]
+        s = np.ceil(-x - d - _FRAC_EPS) + cat["offset"]
+        v = np.einsum("td,tde->te", d + s, lat[cr])
+        self_pair = (ci == nj) & np.all(s == 0, axis=-1)
+        found = int(np.sum((np.sum(v * v, -1) < cutoff**2) & ~self_pair))
+        floor = min_edges_per_row * int(cmask.sum())
+        want = max(math.ceil(found * (1.0 + capacity_headroom)), floor)
+        max_edges = _round_up(want)
+    elif isinstance(max_edges, bool) or int(max_edges) < 1:
+        raise InvalidStructureError(f"max_edges must be >= 1, got {max_edges!r}", field="max_edges")
+    return EdgeListSpec(
+        row=jnp.asarray(arrays["row"]),
+        center=jnp.asarray(arrays["center"]),
+        neighbor=jnp.asarray(arrays["neighbor"]),
+        crystal=jnp.asarray(arrays["crystal"]),
+        offset=jnp.asarray(arrays["offset"]),
+        valid=jnp.asarray(valid),
+        box=jnp.asarray(box.astype(np.int32)),
+        cutoff=cutoff,
+        max_edges=int(max_edges),
+        num_rows=r,
+    )
+
+
+def edge_list(spec: EdgeListSpec, crystals: Crystals) -> EdgeList:
+    """Test the candidates of ``spec`` on (moved) ``crystals`` and compact the edges (jit-safe).
+
+    Pairs with distance ``< spec.cutoff`` become edges (the zero-shift self pair excluded), in
+    candidate order (by crystal, then row). Integer outputs only: take vectors with
+    :func:`edge_list_vectors`, which is what gradients flow through.
+
+    >>> import numpy as np
+    >>> from jaxcsp.crystal import Crystals
+    >>> c = Crystals.create(np.eye(3) * 2.0, [[0.0, 0.0, 0.0]], [29])
+    >>> el = edge_list(edge_list_spec(c, 2.5), c)
+    >>> int(el.mask.sum()), bool(el.overflow[0])  # the 6 face images at 2 Å
+    (6, False)
+
+    Args:
+      spec: from :func:`edge_list_spec` (for a batch with the same ``B`` and ``N``).
+      crystals: ``lattice (B, 3, 3)`` Å, ``frac (B, N, 3)`` (need not be wrapped).
+
+    Returns:
+      :class:`EdgeList` with ``E = spec.max_edges`` slots; ``overflow[b]`` when crystal ``b``
+      has more edges than fit or its cell became too thin for its image box.
+    """
+    b, n = crystals.mask.shape
+    dtype = crystals.frac.dtype
+    frac = jax.lax.stop_gradient(crystals.frac).reshape(b * n, 3)
+    lat = jax.lax.stop_gradient(crystals.lattice).astype(dtype)
+    x = jnp.asarray(spec.cutoff, dtype) / cell_widths(lat)  # (B, 3)
+    image_overflow = jnp.any(_images_needed(x) > spec.box, axis=-1)
+    d = frac[spec.neighbor] - frac[spec.center]  # (T, 3)
+    s = jnp.ceil(-x[spec.crystal] - d - _FRAC_EPS) + spec.offset.astype(dtype)
+    u = d + s
+    lat_t = lat[spec.crystal]  # (T, 3, 3)
+    v = u[:, 0:1] * lat_t[:, 0, :] + u[:, 1:2] * lat_t[:, 1, :] + u[:, 2:3] * lat_t[:, 2, :]
+    self_pair = (spec.center == spec.neighbor) & jnp.all(s == 0, axis=-1)
+    ok = spec.valid & (jnp.sum(v * v, axis=-1) < jnp.asarray(spec.cutoff, dtype) ** 2) & ~self_pair
+    count = jax.ops.segment_sum(ok.astype(jnp.int32), spec.crystal, num_segments=b)
+    e = spec.max_edges
+    (sel,) = jnp.nonzero(ok, size=e, fill_value=0)
+    live = jnp.arange(e) < jnp.sum(ok, dtype=jnp.int32)
+    edge_overflow = jnp.cumsum(count) > e
+    center = spec.center[sel]
+    return EdgeList(
+        row=spec.row[sel],
+        center=center,
+        neighbor=jnp.where(live, spec.neighbor[sel], center),
+        shift=jnp.where(live[:, None], s[sel], 0).astype(jnp.int32),
+        mask=live,
+        overflow=image_overflow | edge_overflow,
+        count=count,
+        cutoff=spec.cutoff,
+        num_rows=spec.num_rows,
+    )
+
+
+def edge_list_vectors(crystals: Crystals, edges: EdgeList) -> Array:
+    """Edge vectors ``r_j - r_i + shift @ lattice`` ``(E, 3)`` in Å (zero in unused slots).
+
+    Differentiable w.r.t. ``crystals.frac`` and ``crystals.lattice``.
+
+    Args:
+      crystals: the batch the edges were built for (``frac (B, N, 3)``, ``lattice (B, 3, 3)``).
+      edges: :class:`EdgeList`.
+
+    Returns:
+      ``(E, 3)`` float (dtype of ``frac``).
+    """
+    b, n = crystals.mask.shape
+    frac = crystals.frac.reshape(b * n, 3)
+    lat = crystals.lattice.astype(frac.dtype)[edges.center // n]  # (E, 3, 3)
+    u = frac[edges.neighbor] - frac[edges.center] + edges.shift.astype(frac.dtype)
+    v = u[:, 0:1] * lat[:, 0, :] + u[:, 1:2] * lat[:, 1, :] + u[:, 2:3] * lat[:, 2, :]
+    return jnp.where(edges.mask[:, None], v, jnp.zeros_like(v))

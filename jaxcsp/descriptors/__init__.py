@@ -1,6 +1,8 @@
 """Local-environment descriptors: SO(3) power spectrum, coordination numbers, losses.
 
-* :func:`so3_power_spectrum` — per-atom Bartók power spectra in PyXtal's conventions.
+* :func:`so3_power_spectrum` — per-atom Bartók power spectra in PyXtal's conventions;
+  :func:`so3_power_spectrum_edge_list` — the same for chosen centers from one sparse edge list
+  (:func:`jaxcsp.neighbors.edge_list`).
 * :func:`coordination_numbers`, :func:`valid_environment` (the CN validity test),
   :func:`smooth_coordination_numbers` (differentiable).
 * :func:`reference_spectrum`, :func:`spectrum_loss` (seed Eq. 1 / PyXtal's ``calculate_S``),
@@ -17,11 +19,13 @@ from jaxcsp.descriptors._coordination import (
     coordination_numbers,
     pyxtal_covalent_radii,
     smooth_coordination_numbers,
+    smooth_coordination_numbers_edge_list,
     valid_environment,
 )
 from jaxcsp.descriptors._losses import (
     WEIGHTINGS,
     descriptor_loss,
+    edge_list_spec_for_sites,
     reference_spectrum,
     site_centers,
     spectrum_loss,
@@ -31,6 +35,7 @@ from jaxcsp.descriptors._so3 import (
     num_so3_components,
     so3_basis,
     so3_power_spectrum,
+    so3_power_spectrum_edge_list,
     so3_power_spectrum_from_edges,
 )
 
@@ -41,13 +46,16 @@ __all__ = [
     "bond_cutoffs",
     "coordination_numbers",
     "descriptor_loss",
+    "edge_list_spec_for_sites",
     "num_so3_components",
     "pyxtal_covalent_radii",
     "reference_spectrum",
     "site_centers",
     "smooth_coordination_numbers",
+    "smooth_coordination_numbers_edge_list",
     "so3_basis",
     "so3_power_spectrum",
+    "so3_power_spectrum_edge_list",
     "so3_power_spectrum_from_edges",
     "spectrum_loss",
     "valid_environment",

@@ -33,6 +33,7 @@ __all__ = [
     "coordination_numbers",
     "pyxtal_covalent_radii",
     "smooth_coordination_numbers",
+    "smooth_coordination_numbers_edge_list",
     "valid_environment",
 ]
 
@@ -221,3 +222,41 @@ def smooth_coordination_numbers(
     tap = 0.5 * (1 + jnp.cos(jnp.pi * u))
     val = jnp.where(nl.mask & (d < d0 + reach), s * tap, jnp.zeros_like(d))
     return jnp.sum(val, axis=-1) * crystals.mask
+
+
+def smooth_coordination_numbers_edge_list(
+    crystals: Crystals,
+    edges: Any,
+    *,
+    width: float = 0.05,
+    taper: float = 6.0,
+    factor: float = PYXTAL_BOND_FACTOR,
+    radii: Any = None,
+) -> Array:
+    """:func:`smooth_coordination_numbers` of the query rows of an edge list (jit/grad-safe).
+
+    Args:
+      crystals: batch (``B`` crystals) the edges were built for.
+      edges: :class:`~jaxcsp.neighbors.EdgeList` reaching ``max d0 + taper * width``.
+      width, taper, factor, radii: as in :func:`smooth_coordination_numbers`.
+
+    Returns:
+      ``(B, R)`` float coordination numbers of the rows' centers (0 for rows without edges).
+    """
+    from jaxcsp.neighbors import edge_list_vectors
+
+    table = jnp.asarray(bond_cutoffs(factor, radii), crystals.frac.dtype)
+    reach = taper * width
+    b = crystals.mask.shape[0]
+    v = edge_list_vectors(crystals, edges)
+    d2 = jnp.sum(v * v, axis=-1)
+    d = jnp.sqrt(jnp.where(edges.mask, d2, jnp.ones_like(d2)))
+    z = crystals.species.reshape(-1)
+    d0 = table[z[edges.center], z[edges.neighbor]]
+    s = jax.nn.sigmoid(-(d - d0) / width)
+    u = jnp.clip((d - d0) / reach, 0.0, 1.0)
+    tap = 0.5 * (1 + jnp.cos(jnp.pi * u))
+    val = jnp.where(edges.mask & (d < d0 + reach), s * tap, jnp.zeros_like(d))
+    rows = b * edges.num_rows
+    cn = jax.ops.segment_sum(val, edges.row, num_segments=rows, indices_are_sorted=True)
+    return cn.reshape(b, edges.num_rows)

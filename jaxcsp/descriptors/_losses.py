@@ -33,6 +33,7 @@ from jaxcsp.errors import InvalidStructureError
 __all__ = [
     "WEIGHTINGS",
     "descriptor_loss",
+    "edge_list_spec_for_sites",
     "reference_spectrum",
     "site_centers",
     "spectrum_loss",
@@ -169,6 +170,7 @@ def descriptor_loss(
     cn_width: float = 0.1,
     cn_reach: float = 0.5,
     neighbors: Any = None,
+    edges: Any = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Per-structure descriptor loss of a Wyckoff batch (differentiable in its free variables).
 
@@ -176,7 +178,10 @@ def descriptor_loss(
       wc: :class:`~jaxcsp.symmetry.WyckoffCrystals` batch (``B`` crystals, ``S`` sites).
       reference: ``(F,)`` reference spectrum (e.g. :func:`reference_spectrum`).
       spec: :class:`~jaxcsp.neighbors.NeighborListSpec` with cutoff ``>= rcut`` (host-built for
-        this batch's shapes; ``overflow`` in the output says when it no longer fits).
+        this batch's shapes; ``overflow`` in the output says when it no longer fits), or an
+        :class:`~jaxcsp.neighbors.EdgeListSpec` built for the unwrapped reconstruction with
+        ``centers, center_mask = site_centers(wc)[0], wc.site_mask`` (the fast path: only the
+        sites' representative atoms are searched and only real edges evaluated).
       nmax, lmax, rcut, alpha, weight_on: descriptor setting.
       weighting: ``"multiplicity"`` (PyXtal: sites weighted by multiplicity) or ``"site"``
         (Eq. 1: each Wyckoff site counts once).
@@ -194,6 +199,9 @@ def descriptor_loss(
         (``reconstruct(wc, wrap=False)``) with a cutoff that still covers every pair within
         the loss cutoff (a Verlet list with a skin); then ``spec`` is not used and no list is
         built here.
+      edges: an :class:`~jaxcsp.neighbors.EdgeList` already built (as for an
+        :class:`~jaxcsp.neighbors.EdgeListSpec` ``spec``) for ``reconstruct(wc, wrap=False)``
+        at these or nearby free variables; then ``spec`` and ``max_edges`` are not used.
 
     Returns:
       ``(loss (B,), aux)`` with ``aux = {"spectra": (B, S, F), "overflow": (B,) bool,
@@ -206,6 +214,27 @@ def descriptor_loss(
     if weighting not in WEIGHTINGS:
         raise InvalidStructureError(
             f"weighting must be one of {WEIGHTINGS}, got {weighting!r}", field="weighting"
+        )
+    from jaxcsp.neighbors import EdgeListSpec, edge_list
+
+    if edges is None and isinstance(spec, EdgeListSpec):
+        edges = edge_list(spec, reconstruct(wc, wrap=False))
+    if edges is not None:
+        return _edge_list_loss(
+            wc,
+            reference,
+            edges,
+            nmax=nmax,
+            lmax=lmax,
+            rcut=rcut,
+            alpha=alpha,
+            weight_on=weight_on,
+            weighting=weighting,
+            per_component=per_component,
+            cn_target=cn_target,
+            cn_weight=cn_weight,
+            cn_width=cn_width,
+            cn_reach=cn_reach,
         )
     if neighbors is None:
         c = reconstruct(wc)
@@ -251,6 +280,73 @@ def descriptor_loss(
         "crystals": c,
         "num_edges": _count_edges(c, nl, centers, wc.site_mask, rcut),
     }
+
+
+def _edge_list_loss(
+    wc: Any,
+    reference: Array,
+    edges: Any,
+    *,
+    nmax: int,
+    lmax: int,
+    rcut: float,
+    alpha: float,
+    weight_on: bool,
+    weighting: str,
+    per_component: bool,
+    cn_target: float,
+    cn_weight: float,
+    cn_width: float,
+    cn_reach: float,
+) -> tuple[Array, dict[str, Array]]:
+    """:func:`descriptor_loss` from a sparse edge list of the site representatives."""
+    from jaxcsp.descriptors._coordination import smooth_coordination_numbers_edge_list
+    from jaxcsp.descriptors._so3 import so3_power_spectrum_edge_list
+    from jaxcsp.neighbors import edge_list_vectors
+    from jaxcsp.symmetry import reconstruct
+
+    c = reconstruct(wc, wrap=False)
+    s = wc.site_mask.shape[-1]
+    if edges.num_rows != s:
+        raise InvalidStructureError(
+            f"edge list has {edges.num_rows} rows per crystal, the batch {s} Wyckoff sites "
+            "(build it with centers = site_centers(wc)[0])",
+            field="edges",
+        )
+    _, mult = site_centers(wc)
+    p = so3_power_spectrum_edge_list(
+        c, edges, nmax=nmax, lmax=lmax, rcut=rcut, alpha=alpha, weight_on=weight_on
+    )
+    p = jnp.where(wc.site_mask[..., None], p, jnp.zeros((), p.dtype))
+    w = mult if weighting == "multiplicity" else wc.site_mask
+    loss = spectrum_loss(p, reference, w, per_component=per_component)
+    if cn_weight:
+        scn = smooth_coordination_numbers_edge_list(
+            c, edges, width=cn_width, taper=cn_reach / cn_width
+        )
+        wf = w.astype(loss.dtype)
+        dev = jnp.sum(wf * (scn - cn_target) ** 2, axis=-1) / jnp.maximum(jnp.sum(wf, -1), 1)
+        loss = loss + cn_weight * dev
+    v = jax.lax.stop_gradient(edge_list_vectors(c, edges))
+    in_rcut = edges.mask & (jnp.sum(v * v, axis=-1) < rcut**2)
+    return loss, {
+        "spectra": p,
+        "overflow": edges.overflow,
+        "crystals": c,
+        "num_edges": jnp.sum(in_rcut, dtype=jnp.int32),
+    }
+
+
+def edge_list_spec_for_sites(wc: Any, cutoff: float, **kwargs: Any) -> Any:
+    """:func:`jaxcsp.neighbors.edge_list_spec` for the Wyckoff sites' representative atoms of
+    ``reconstruct(wc, wrap=False)`` (host side; ``kwargs`` go to ``edge_list_spec``)."""
+    from jaxcsp.neighbors import edge_list_spec
+    from jaxcsp.symmetry import reconstruct
+
+    centers, _ = site_centers(wc)
+    return edge_list_spec(
+        reconstruct(wc, wrap=False), cutoff, centers=centers, center_mask=wc.site_mask, **kwargs
+    )
 
 
 def _count_edges(c: Crystals, nl: Any, centers: Array, site_mask: Array, rcut: float) -> Array:

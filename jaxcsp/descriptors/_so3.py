@@ -52,6 +52,7 @@ __all__ = [
     "num_so3_components",
     "so3_basis",
     "so3_power_spectrum",
+    "so3_power_spectrum_edge_list",
     "so3_power_spectrum_from_edges",
 ]
 
@@ -238,18 +239,41 @@ def _real_sph_harm(u: Array, lmax: int, norm: np.ndarray) -> Array:
     return jnp.stack(cols, axis=-1) * jnp.asarray(norm, u.dtype)
 
 
-def _chebyshev_series(t: Array, coef: Array) -> Array:
-    """``sum_k coef[k] T_k(t)`` for ``t (...)``, ``coef (D, F)``: ``(..., F)`` (scan over k)."""
-
-    def step(carry, c_k):
-        t_prev, t_cur, acc = carry
-        acc = acc + t_cur[..., None] * c_k
-        return (t_cur, 2 * t * t_cur - t_prev, acc), None
-
-    acc0 = jnp.zeros((*t.shape, coef.shape[1]), t.dtype)
-    # T_{-1} := T_1 makes the first recurrence step give T_1 = 2 t T_0 - T_{-1} = t
-    (_, _, acc), _ = jax.lax.scan(step, (t, jnp.ones_like(t), acc0), coef)
+def _chebyshev_sum(t: Array, coef: Array) -> Array:
+    """``sum_k coef[k] T_k(t)``: ``(..., F)``, the recurrence unrolled (``D`` is about 25)."""
+    d = coef.shape[0]
+    prev, cur = jnp.ones_like(t), t
+    acc = prev[..., None] * coef[0]
+    if d > 1:
+        acc = acc + cur[..., None] * coef[1]
+    for k in range(2, d):
+        prev, cur = cur, 2 * t * cur - prev
+        acc = acc + cur[..., None] * coef[k]
     return acc
+
+
+@jax.custom_jvp
+def _chebyshev_series_jvp(t: Array, coef: Array, dcoef: Array) -> Array:
+    return _chebyshev_sum(t, coef)
+
+
+@_chebyshev_series_jvp.defjvp
+def _chebyshev_series_rule(primals, tangents):
+    t, coef, dcoef = primals
+    dt = tangents[0]
+    return _chebyshev_sum(t, coef), _chebyshev_sum(t, dcoef) * dt[..., None]
+
+
+def _chebyshev_series(t: Array, coef: Any) -> Array:
+    """``sum_k coef[k] T_k(t)`` for ``t (...)``, host ``coef (D, F)``: ``(..., F)``.
+
+    The derivative in ``t`` is the series of the differentiated coefficients (``chebder``),
+    given as a custom JVP: XLA:CPU differentiates the unrolled recurrence (and a ``lax.scan``
+    over ``k``) many times more slowly than it evaluates a second series.
+    """
+    coef = np.asarray(coef)
+    dcoef = np.polynomial.chebyshev.chebder(coef, axis=0) if len(coef) > 1 else 0 * coef
+    return _chebyshev_series_jvp(t, jnp.asarray(coef, t.dtype), jnp.asarray(dcoef, t.dtype))
 
 
 def so3_power_spectrum_from_edges(
@@ -288,11 +312,17 @@ def _edge_coefficients(vectors: Array, weights: Array, mask: Array, basis: SO3Ba
     unit = jnp.where(ok[..., None], vectors / r[..., None], jnp.asarray([0.0, 0.0, 1.0], dtype))
     r = jnp.where(ok, r, jnp.zeros_like(r))
     t = 2.0 * r / basis.rcut - 1.0
-    cheb = jnp.asarray(basis.cheb, dtype)
     w = jnp.where(live, weights.astype(dtype), jnp.zeros((), dtype))
-    radial = _chebyshev_series(t, cheb) * w[..., None]  # (..., nmax*(lmax+1))
+    radial = _chebyshev_series(t, basis.cheb) * w[..., None]  # (..., nmax*(lmax+1))
     radial = radial.reshape(*radial.shape[:-1], basis.nmax, basis.lmax + 1)
-    radial = jnp.take(radial, jnp.asarray(basis.l_of_q), axis=-1)  # (..., nmax, Q)
+    # each l repeated 2l+1 times (static slices: XLA:CPU gathers along the last axis are slow)
+    radial = jnp.concatenate(
+        [
+            jnp.broadcast_to(radial[..., l : l + 1], (*radial.shape[:-1], 2 * l + 1))
+            for l in range(basis.lmax + 1)
+        ],
+        axis=-1,
+    )  # (..., nmax, Q)
     ylm = _real_sph_harm(unit, basis.lmax, basis.ylm_norm)  # (..., Q)
     return radial * ylm[..., None, :]
 
@@ -453,3 +483,47 @@ def _spectrum(
         c = jax.ops.segment_sum(ce, sel // k, num_segments=b * mm).reshape(b, mm, *ce.shape[1:])
     p = _power_spectrum(c, basis)
     return jnp.where(ci[..., None], p, jnp.zeros((), dtype)), overflow
+
+
+def so3_power_spectrum_edge_list(
+    crystals: Crystals,
+    edges: Any,
+    *,
+    nmax: int = 2,
+    lmax: int = 4,
+    rcut: float = 2.0,
+    alpha: float = 1.5,
+    weight_on: bool = False,
+) -> Array:
+    """Spectra of the query rows of a :class:`~jaxcsp.neighbors.EdgeList` (jit/grad-safe).
+
+    The same quantity as :func:`so3_power_spectrum` for the rows' center atoms, computed from one
+    batch-wide edge list (only real edges are evaluated): the fast path for a few centers per
+    crystal, e.g. the representatives of Wyckoff sites.
+
+    Args:
+      crystals: batch (``B`` crystals of ``N`` slots) the edges were built for.
+      edges: :class:`~jaxcsp.neighbors.EdgeList` with cutoff ``>= rcut`` (edges past ``rcut``
+        are ignored).
+      nmax, lmax, rcut, alpha, weight_on: descriptor setting (see :func:`so3_power_spectrum`).
+
+    Returns:
+      ``(B, R, F)`` spectra (dtype of ``crystals.frac``; zero for rows without real edges).
+    """
+    from jaxcsp.neighbors import edge_list_vectors
+
+    nmax, lmax, rcut, alpha = _check_params(nmax, lmax, rcut, alpha)
+    if edges.cutoff < rcut * (1 - 1e-12):
+        raise InvalidStructureError(
+            f"edge list cutoff {edges.cutoff} Å is smaller than rcut {rcut} Å", field="edges"
+        )
+    basis = so3_basis(nmax, lmax, rcut, alpha)
+    b = crystals.mask.shape[0]
+    v = edge_list_vectors(crystals, edges)
+    z = crystals.species.reshape(-1)
+    zi, zj = z[edges.center], z[edges.neighbor]
+    w = jnp.where((zj != zi) & bool(weight_on), -zj, zj).astype(v.dtype)
+    ce = _edge_coefficients(v, w, edges.mask, basis)  # (E, nmax, Q)
+    rows = b * edges.num_rows
+    c = jax.ops.segment_sum(ce, edges.row, num_segments=rows, indices_are_sorted=True)
+    return _power_spectrum(c, basis).reshape(b, edges.num_rows, -1)

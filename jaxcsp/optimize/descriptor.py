@@ -24,8 +24,10 @@ Contract:
   in a ``lax.scan``), keeps each sample's best parameters, and stops when all samples stopped.
 * :func:`optimize_wyckoff` is the seed's stage: free variables of a
   :class:`~jaxcsp.symmetry.WyckoffCrystals` batch (normalised cell, fractional coordinates),
-  the descriptor loss of :func:`jaxcsp.descriptors.descriptor_loss`, neighbor-list shapes chosen
-  on the host and re-chosen (the chunk is recomputed) whenever a crystal overflows them.
+  the descriptor loss of :func:`jaxcsp.descriptors.descriptor_loss` on a sparse edge list of
+  the sites' representative atoms (:func:`site_edge_spec`: candidates chosen on the host per
+  crystal, re-tested every step inside the jitted step, re-chosen and the chunk recomputed
+  whenever a crystal overflows them).
 """
 
 from __future__ import annotations
@@ -47,14 +49,13 @@ __all__ = [
     "RunResult",
     "clip_by_per_sample_norm",
     "descriptor_optimizer",
-    "edge_capacity",
     "loss_cutoff",
-    "neighbor_spec",
     "optimize_wyckoff",
     "per_sample_norms",
     "project_box",
     "run",
     "scale_by_plateau_per_sample",
+    "site_edge_spec",
 ]
 
 Array = jax.Array
@@ -459,22 +460,45 @@ class DescriptorResult:
 PYXTAL_CELL_BOX = ((1.5, 1.5, 1.5, 30.0, 30.0, 30.0), (50.0, 50.0, 50.0, 150.0, 150.0, 150.0))
 
 
-def edge_capacity(count: Any, num_sites: Any, previous: int = 0) -> int:
-    """Capacity of the batch-wide edge list used during optimisation.
+def site_edge_spec(
+    wc: Any,
+    cutoff: float,
+    *,
+    previous: Any = None,
+    min_edges_per_site: int = 12,
+    cell_headroom: float = 1.0,
+) -> Any:
+    """Edge-list candidates and capacity for optimising ``wc`` (host side).
 
-    Twice the current edges and at least 8 per site (structures densify on their way to
-    CN = 3), doubled on overflow, rounded up to a multiple of 512 (fewer recompilations).
+    The sites' representative atoms of ``reconstruct(wc, wrap=False)`` are the query rows
+    (:func:`jaxcsp.descriptors.edge_list_spec_for_sites`); each crystal's image box allows its
+    cell widths to shrink by half (cells densify toward the target; re-testing candidates is
+    cheap, recompiling for a new spec is not), and the capacity is twice the current edges and
+    at least ``min_edges_per_site`` per site (structures densify on their way to CN = 3),
+    rounded up so that few distinct shapes are compiled.
 
     Args:
-      count: edges within ``rcut`` of the real site centers now.
-      num_sites: real Wyckoff sites in the batch.
-      previous: the capacity that overflowed (0 if none).
+      wc: :class:`~jaxcsp.symmetry.WyckoffCrystals` (concrete).
+      cutoff: neighbor cutoff in Å (:func:`loss_cutoff`).
+      previous: the :class:`~jaxcsp.neighbors.EdgeListSpec` that overflowed, if any: the new
+        one keeps at least its image boxes and 1.5 times its capacity.
+      min_edges_per_site: lower bound on the capacity per real site.
+      cell_headroom: image boxes cover cell widths down to ``1 / (1 + cell_headroom)`` of now.
 
     Returns:
-      The capacity (int).
+      :class:`~jaxcsp.neighbors.EdgeListSpec`.
     """
-    want = max(2 * int(count), 8 * int(num_sites), 2 * previous, 512)
-    return int(math.ceil(want / 512) * 512)
+    from jaxcsp.descriptors import edge_list_spec_for_sites
+
+    kw: dict[str, Any] = dict(
+        capacity_headroom=1.0, cell_headroom=cell_headroom, min_edges_per_row=min_edges_per_site
+    )
+    if previous is not None:
+        kw["min_box"] = np.asarray(previous.box)
+    spec = edge_list_spec_for_sites(wc, cutoff, **kw)
+    if previous is not None and spec.max_edges < 1.5 * previous.max_edges:
+        spec = dataclasses.replace(spec, max_edges=math.ceil(1.5 * previous.max_edges))
+    return spec
 
 
 def loss_cutoff(wc: Any, rcut: float, *, cn_weight: float = 0.0, cn_reach: float = 0.5) -> float:
@@ -486,22 +510,6 @@ def loss_cutoff(wc: Any, rcut: float, *, cn_weight: float = 0.0, cn_reach: float
         return float(rcut)
     z = np.unique(np.asarray(wc.site_species)[np.asarray(wc.site_mask)])
     return max(float(rcut), float(bond_cutoffs()[np.ix_(z, z)].max()) + cn_reach)
-
-
-def neighbor_spec(wc: Any, cutoff: float) -> Any:
-    """Neighbor-list shapes for optimising ``wc``: 50 % capacity and 25 % cell-width head-room.
-
-    Args:
-      wc: :class:`~jaxcsp.symmetry.WyckoffCrystals` (concrete).
-      cutoff: neighbor cutoff in Å.
-
-    Returns:
-      :class:`~jaxcsp.neighbors.NeighborListSpec`.
-    """
-    from jaxcsp.neighbors import neighbor_list_spec
-    from jaxcsp.symmetry import reconstruct
-
-    return neighbor_list_spec(reconstruct(wc), cutoff, capacity_headroom=0.5, cell_headroom=0.25)
 
 
 def _as_wc(wc: Any, p: dict) -> Any:
@@ -535,52 +543,31 @@ def _normalize_box(values: Any, dtype: Any) -> Array:
     return normalize_cell(jnp.asarray(values, dtype))
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "max_edges", "loss_kw"))
-def _wyckoff_loss(wc, reference, *, spec, max_edges, loss_kw):
+@functools.partial(jax.jit, static_argnames=("loss_kw",))
+def _wyckoff_loss(wc, reference, spec, *, loss_kw):
     from jaxcsp.descriptors import descriptor_loss
 
-    loss, aux = descriptor_loss(wc, reference, spec, max_edges=max_edges, **dict(loss_kw))
-    return loss, aux["spectra"], aux["overflow"], aux["num_edges"]
+    loss, aux = descriptor_loss(wc, reference, spec, **dict(loss_kw))
+    return loss, aux["spectra"], aux["overflow"]
 
 
-def _displacement_bound(c: Any, f_ref: Array, l_ref: Array, reach: float) -> Array:
-    """Upper bound ``(B,)`` (Å) on how much any pair vector shorter than ``reach`` changed since
-    the list was built at ``(f_ref, l_ref)``: ``2 max_i |Δf_i L| + reach |L_ref^-1| |ΔL|``."""
-    df = (c.frac - f_ref) @ c.lattice
-    move = jnp.sqrt(jnp.max(jnp.where(c.mask, jnp.sum(df * df, -1), 0.0), axis=-1))
-    inv = jnp.linalg.inv(l_ref)
-    strain = jnp.linalg.norm(inv, axis=(-2, -1)) * jnp.linalg.norm(c.lattice - l_ref, axis=(-2, -1))
-    return 2 * move + reach * strain
-
-
-@functools.partial(jax.jit, static_argnames=("length", "spec", "max_edges", "static", "skin"))
-def _wyckoff_chunk(carry, wc, reference, *, length, spec, max_edges, static, skin):
+@functools.partial(jax.jit, static_argnames=("length", "static"))
+def _wyckoff_chunk(carry, wc, reference, spec, *, length, static):
     from jaxcsp.descriptors import descriptor_loss
-    from jaxcsp.neighbors import update
+    from jaxcsp.neighbors import edge_list
     from jaxcsp.symmetry import reconstruct
 
     opt = _wyckoff_optimizer(static, wc)
     loss_kw = dict(static[1])
 
     def step(carry, _):
-        params, opt_state, best_params, best_loss, nl, f_ref, l_ref = carry
-        # Verlet list: rebuild (for the whole batch) only when some pair vector may have
-        # changed by more than the skin since the last build
+        params, opt_state, best_params, best_loss = carry
+        # candidates are re-tested every step (cheap: only the site representatives' triples)
         c = reconstruct(_as_wc(wc, jax.lax.stop_gradient(params)), wrap=False)
-        if skin > 0:
-            stale = jnp.any(_displacement_bound(c, f_ref, l_ref, spec.cutoff) > skin)
-            nl, f_ref, l_ref = jax.lax.cond(
-                stale,
-                lambda: (update(spec, c), c.frac, c.lattice),
-                lambda: (nl, f_ref, l_ref),
-            )
-        else:
-            nl = update(spec, c)
+        edges = edge_list(spec, c)
 
         def total(p):
-            losses, aux = descriptor_loss(
-                _as_wc(wc, p), reference, None, max_edges=max_edges, neighbors=nl, **loss_kw
-            )
+            losses, aux = descriptor_loss(_as_wc(wc, p), reference, None, edges=edges, **loss_kw)
             return jnp.sum(jnp.where(jnp.isfinite(losses), losses, 0.0)), (losses, aux["overflow"])
 
         (_, (losses, overflow)), grads = jax.value_and_grad(total, has_aux=True)(params)
@@ -591,20 +578,10 @@ def _wyckoff_chunk(carry, wc, reference, *, length, spec, max_edges, static, ski
         best_loss = jnp.where(better, losses, best_loss)
         updates, opt_state = opt.update(grads, opt_state, params, value=losses)
         params = optax.apply_updates(params, updates)
-        new = (params, opt_state, best_params, best_loss, nl, f_ref, l_ref)
-        return new, (losses, overflow | nl.overflow)
+        return (params, opt_state, best_params, best_loss), (losses, overflow)
 
     carry, (losses, overflow) = jax.lax.scan(step, carry, None, length=length)
     return carry, losses, jnp.any(overflow, axis=0)
-
-
-@functools.partial(jax.jit, static_argnames=("spec",))
-def _build_list(wc, params, *, spec):
-    from jaxcsp.neighbors import update
-    from jaxcsp.symmetry import reconstruct
-
-    c = reconstruct(_as_wc(wc, params), wrap=False)
-    return update(spec, c), c.frac, c.lattice
 
 
 def optimize_wyckoff(
@@ -627,9 +604,7 @@ def optimize_wyckoff(
     cn_width: float = 0.1,
     cn_reach: float = 0.5,
     chunk: int = 25,
-    skin: float = 0.0,
     spec: Any = None,
-    max_edges: int | None = None,
     callback: Callable[[int, Array], None] | None = None,
     **optimizer_kwargs: Any,
 ) -> DescriptorResult:
@@ -640,7 +615,9 @@ def optimize_wyckoff(
     coordinates, wrapped into [0, 1) (``wrap_coords=False`` clamps them to [0, 1] as the seed
     does). Tied and fixed entries and padding sites never move. Chunks of ``chunk`` steps run
     as one jitted ``lax.scan``; the compiled chunk is reused by every call with the same shapes
-    and settings.
+    and settings. Every step re-tests the candidate (site representative, atom, image) triples
+    of :func:`site_edge_spec` and evaluates only the real edges
+    (:func:`jaxcsp.neighbors.edge_list`).
 
     Args:
       wc: :class:`~jaxcsp.symmetry.WyckoffCrystals` batch (float32 or float64).
@@ -654,17 +631,11 @@ def optimize_wyckoff(
       wrap_coords: wrap (True) or clamp (False) the coordinates.
       cn_weight, cn_target, cn_width, cn_reach: optional smooth-CN term of the loss (see
         :func:`jaxcsp.descriptors.descriptor_loss`; off by default).
-      chunk: steps per jitted scan; neighbor-list and edge-list overflow is checked between
-        chunks and the chunk is recomputed with larger shapes when needed.
-      skin: Verlet skin in Å (0: rebuild the neighbor list every step). With ``skin > 0`` the
-        list reaches ``skin`` past the loss cutoff and is rebuilt (for the whole batch, inside
-        the jitted step) only when some pair vector may have changed by more than ``skin`` (a
-        rigorous bound from atom displacements and cell strain). This pays for small batches;
-        in large batches some crystal moves every step, so the default is 0.
-      spec: neighbor-list shapes to start with (default :func:`neighbor_spec` of ``wc`` at the
-        loss cutoff plus ``skin``); pass the same one for every batch of a long run to compile
-        once.
-      max_edges: edge-list capacity to start with (default :func:`edge_capacity`).
+      chunk: steps per jitted scan; edge-list overflow (a cell that became too thin for its
+        image box, or more edges than the capacity) is checked between chunks and the chunk is
+        recomputed with a larger spec when needed.
+      spec: :class:`~jaxcsp.neighbors.EdgeListSpec` to start with (default
+        :func:`site_edge_spec` of ``wc`` at the loss cutoff).
       callback: ``callback(steps_done, losses)`` after each chunk.
       **optimizer_kwargs: more :func:`descriptor_optimizer` arguments (``patience``,
         ``factor``, ``max_norm``, ``tol``, ``weight_decay``, ``b1``, ``b2``, ...).
@@ -704,19 +675,14 @@ def optimize_wyckoff(
         ),
         tuple(sorted(loss_kw.items())),
     )
-    cutoff = loss_cutoff(wc, rcut, cn_weight=cn_weight, cn_reach=cn_reach) + float(skin)
+    cutoff = loss_cutoff(wc, rcut, cn_weight=cn_weight, cn_reach=cn_reach)
     cell_u, coords = free_variables(wc)
     lo = _normalize_box(PYXTAL_CELL_BOX[0], dtype)
     hi = _normalize_box(PYXTAL_CELL_BOX[1], dtype)
     params = {"cell": jnp.clip(cell_u, lo, hi).astype(dtype), "coords": coords.astype(dtype)}
     if spec is None or spec.cutoff < cutoff:
-        spec = neighbor_spec(_as_wc(wc, params), cutoff)
-    loss0, spectra0, over0, edges0 = _wyckoff_loss(
-        _as_wc(wc, params), reference, spec=spec, max_edges=None, loss_kw=report_kw
-    )
-    num_sites = int(jnp.sum(wc.site_mask))
-    if max_edges is None:
-        max_edges = edge_capacity(edges0, num_sites)
+        spec = site_edge_spec(_as_wc(wc, params), cutoff)
+    loss0, spectra0, over0 = _wyckoff_loss(_as_wc(wc, params), reference, spec, loss_kw=report_kw)
     opt = _wyckoff_optimizer(static, wc)
     opt_state = opt.init(params)
     b = wc.batch_size
@@ -724,36 +690,15 @@ def optimize_wyckoff(
     history, done, reallocations = [], 0, 0
     while done < steps:
         n = min(chunk, steps - done)
-        full = (*carry, *_build_list(wc, carry[0], spec=spec))
-        new, losses, overflow = _wyckoff_chunk(
-            full,
-            wc,
-            reference,
-            length=n,
-            spec=spec,
-            max_edges=max_edges,
-            static=static,
-            skin=float(skin),
-        )
-        new = new[:4]
+        new, losses, overflow = _wyckoff_chunk(carry, wc, reference, spec, length=n, static=static)
         if bool(jnp.any(overflow)) or bool(jnp.any(over0)):
-            # a crystal outgrew the neighbor-list or edge-list shapes during this chunk: grow
-            # them (from the chunk's end state, plus head-room) and redo the chunk from its start
+            # a crystal outgrew its image box or the edge capacity during this chunk: re-choose
+            # the spec (from the chunk's end state, keeping at least the old boxes and 1.5x the
+            # capacity) and redo the chunk from its start
             reallocations += 1
             if reallocations > 20:
-                raise RuntimeError("neighbor-list shapes keep overflowing during optimisation")
-            end = _as_wc(wc, new[0])
-            grown = neighbor_spec(end, cutoff)
-            images = tuple(max(g, o) for g, o in zip(grown.images, spec.images, strict=True))
-            if images == spec.images and reallocations % 2 == 0:
-                images = tuple(i + 1 for i in images)
-            spec = dataclasses.replace(
-                spec,
-                max_neighbors=max(grown.max_neighbors, math.ceil(spec.max_neighbors * 1.5)),
-                images=images,
-            )
-            count = _wyckoff_loss(end, reference, spec=spec, max_edges=None, loss_kw=report_kw)[3]
-            max_edges = edge_capacity(count, num_sites, max_edges)
+                raise RuntimeError("edge-list shapes keep overflowing during optimisation")
+            spec = site_edge_spec(_as_wc(wc, new[0]), cutoff, previous=spec)
             over0 = jnp.zeros((b,), bool)
             continue
         carry = new
@@ -767,14 +712,10 @@ def optimize_wyckoff(
     best = carry[2]
     final = _as_wc(wc, best)
     final = final.replace(cell=jnp.where(wc.cell_free, final.cell, wc.cell))
-    loss1, spectra1, over1, _ = _wyckoff_loss(
-        final, reference, spec=spec, max_edges=None, loss_kw=report_kw
-    )
+    loss1, spectra1, over1 = _wyckoff_loss(final, reference, spec, loss_kw=report_kw)
     if bool(jnp.any(over1)):
-        spec_f = neighbor_spec(final, cutoff)
-        loss1, spectra1, _, _ = _wyckoff_loss(
-            final, reference, spec=spec_f, max_edges=None, loss_kw=report_kw
-        )
+        spec_f = site_edge_spec(final, cutoff)
+        loss1, spectra1, _ = _wyckoff_loss(final, reference, spec_f, loss_kw=report_kw)
     ps = _plateau_state(carry[1])
     return DescriptorResult(
         wc=final,
