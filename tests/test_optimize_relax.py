@@ -70,11 +70,30 @@ def _compare(name: str, method: str, n: int | None = None):
     return rows
 
 
+def _report(name: str, method: str, rows: list[dict]) -> None:
+    """One summary line (shown with ``pytest -rP``) and the differing structures."""
+    same = [abs(r["dE"]) < 1e-4 for r in rows]
+    ours = np.median([r["ours_calls"] for r in rows])
+    ase = np.median([r["ase_calls"] for r in rows])
+    print(
+        f"{name} {method}: same minimum {sum(same)}/{len(rows)}, median force calls ours "
+        f"{ours:g} vs ASE {ase:g}; differing: "
+        + str(
+            [
+                (r["index"], "cell" if r["cell"] else "fixed", round(r["dE"], 5))
+                for r, s in zip(rows, same, strict=True)
+                if not s
+            ]
+        )
+    )
+
+
 def _check_bfgs(name: str, n: int | None):
     rows = _compare(name, "bfgs_linesearch", n)
     assert len(rows) == (n or 70)
     d_e = np.array([r["dE"] for r in rows])
     same = np.abs(d_e) < 1e-4
+    _report(name, "bfgs_linesearch", rows)
     assert np.mean(same) >= 0.95, f"{np.mean(same):.2%} within 1e-4 eV/atom; worst {d_e[~same]}"
     assert all(r["ours_ok"] for r in rows)
     ours = np.median([r["ours_calls"] for r in rows])
@@ -95,6 +114,7 @@ def test_bfgs_linesearch_matches_ase_all_210(name):
 
 def _check_fire(name: str, n: int | None):
     rows = _compare(name, "fire", n)
+    _report(name, "fire", rows)
     d_e = np.array([r["dE"] for r in rows])
     assert np.mean(np.abs(d_e) < 1e-4) >= 0.95, d_e
     # FIRE has no line search: identical arithmetic gives identical trajectories
