@@ -353,6 +353,35 @@ def update(spec: NeighborListSpec, crystals: Crystals) -> Neighbors:
     return _update(spec, crystals)[0]
 
 
+def _host_widths(crystals: Crystals, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 lattices and perpendicular widths of a concrete batch (host side), checked."""
+    if not _concrete(crystals.lattice):
+        raise InvalidStructureError(
+            f"{who} needs concrete crystals (call it outside jit)", field="lattice"
+        )
+    lat = np.asarray(crystals.lattice, dtype=np.float64)
+    widths = cell_widths(lat)
+    bad = ~np.all(np.isfinite(widths) & (widths > 0), axis=-1)
+    if bad.any():
+        raise InvalidStructureError(
+            "degenerate or non-finite cell", index=int(np.argmax(bad)), field="lattice"
+        )
+    return lat, widths
+
+
+def _check_image_count(count: np.ndarray, cutoff: float, widths: np.ndarray) -> None:
+    """Raise when a crystal needs more than :data:`MAX_IMAGES` candidate images (``count (B,)``)."""
+    if len(count) and count.max() > MAX_IMAGES:
+        worst = int(np.argmax(count))
+        raise InvalidStructureError(
+            f"cutoff {cutoff} Å needs {int(count[worst])} periodic images per pair "
+            f"(cell widths {widths[worst].round(3).tolist()} Å); the cell is too thin for this "
+            f"cutoff (limit {MAX_IMAGES})",
+            index=worst,
+            field="lattice",
+        )
+
+
 def neighbor_list_spec(
     crystals: Crystals,
     cutoff: float,
@@ -385,17 +414,7 @@ def neighbor_list_spec(
     max_neighbors = _check_max_neighbors(max_neighbors)
     resolved = _resolve_method(method)
     crystals = _check_crystals(crystals)
-    if not _concrete(crystals.lattice):
-        raise InvalidStructureError(
-            "neighbor_list_spec needs concrete crystals (call it outside jit)", field="lattice"
-        )
-    lat = np.asarray(crystals.lattice, dtype=np.float64)
-    widths = cell_widths(lat)
-    bad = ~np.all(np.isfinite(widths) & (widths > 0), axis=-1)
-    if bad.any():
-        raise InvalidStructureError(
-            "degenerate or non-finite cell", index=int(np.argmax(bad)), field="lattice"
-        )
+    _, widths = _host_widths(crystals, "neighbor_list_spec")
     need = _images_needed(cutoff * (1.0 + cell_headroom) / widths)
     images = tuple(int(v) for v in need.max(axis=0)) if len(need) else (1, 1, 1)
     if math.prod(images) > MAX_IMAGES:
@@ -637,11 +656,7 @@ def edge_list_spec(
     """
     cutoff = _check_cutoff(cutoff)
     crystals = _check_crystals(crystals)
-    if not _concrete(crystals.lattice):
-        raise InvalidStructureError(
-            "edge_list_spec needs concrete crystals (call it outside jit)", field="lattice"
-        )
-    lat = np.asarray(crystals.lattice, dtype=np.float64)
+    lat, widths = _host_widths(crystals, "edge_list_spec")
     frac = np.asarray(crystals.frac, dtype=np.float64)
     amask = np.asarray(crystals.mask, bool)
     b, n = amask.shape
@@ -662,25 +677,11 @@ def edge_list_spec(
             else np.asarray(center_mask, bool) & np.take_along_axis(amask, ctr, axis=1)
         )
     r = ctr.shape[1]
-    widths = cell_widths(lat)
-    bad = ~np.all(np.isfinite(widths) & (widths > 0), axis=-1)
-    if bad.any():
-        raise InvalidStructureError(
-            "degenerate or non-finite cell", index=int(np.argmax(bad)), field="lattice"
-        )
     box = _images_needed(cutoff * (1.0 + cell_headroom) / widths)  # (B, 3)
     if min_box is not None:
         box = np.maximum(box, np.asarray(min_box, dtype=box.dtype).reshape(b, 3))
     m = box.prod(axis=-1)
-    if len(m) and m.max() > MAX_IMAGES:
-        worst = int(np.argmax(m))
-        raise InvalidStructureError(
-            f"cutoff {cutoff} Å needs {int(m[worst])} periodic images (cell widths "
-            f"{widths[worst].round(3).tolist()} Å); the cell is too thin for this cutoff "
-            f"(limit {MAX_IMAGES})",
-            index=worst,
-            field="lattice",
-        )
+    _check_image_count(m, cutoff, widths)
     rows_b = cmask.sum(axis=-1)
     atoms_b = amask.sum(axis=-1)
     sizes = rows_b * atoms_b * m
