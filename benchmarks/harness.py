@@ -45,6 +45,29 @@ class Timing:
     compile_s: float
 
 
+_COMPILE = {"seconds": 0.0, "count": 0}
+
+
+def _on_duration_event(event: str, duration: float, **_: Any) -> None:
+    if event.startswith("/jax/core/compile/"):
+        _COMPILE["seconds"] += duration
+        if event.endswith("backend_compile_duration"):
+            _COMPILE["count"] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration_event)
+
+
+def compile_clock() -> tuple[float, int]:
+    """Seconds JAX has spent tracing, lowering and compiling in this process, and the number of
+    backend compilations (from JAX's own ``/jax/core/compile/*`` duration events).
+
+    Take the difference of two readings to subtract compilation from a wall-clock measurement
+    whose shapes are only known while it runs (e.g. neighbor-list shapes that grow).
+    """
+    return _COMPILE["seconds"], _COMPILE["count"]
+
+
 def _block(x: Any) -> Any:
     return jax.block_until_ready(x)
 

@@ -16,7 +16,7 @@ from relax_reference import ase_relax, relax_set, shared_spec
 
 import jaxcsp as jc
 from jaxcsp import potentials
-from jaxcsp.optimize import relax
+from jaxcsp.optimize import _relax, relax
 
 TERSOFF = pathlib.Path(__import__("pyxtal").__file__).parent / "potentials" / "Si.tersoff"
 POTENTIALS = {
@@ -142,3 +142,26 @@ def test_lbfgs_matches_ase():
     assert np.mean(np.abs(d_e) < 1e-4) >= 0.95, d_e
     same_calls = [r["ours_calls"] == r["ase_calls"] for r in rows if r["ase_ok"]]
     assert np.mean(same_calls) >= 0.9, rows
+
+
+def test_compaction_changes_nothing(monkeypatch):
+    """Gathering the running structures into smaller working batches (``min_batch``) leaves
+    every structure's trajectory unchanged (same energies, steps and force calls)."""
+    images = [a for a in relax_set("lj") if len(a) <= 8][:12]
+    c = jc.io.from_ase(images)
+    pot = POTENTIALS["lj"]()
+    kw = dict(fmax=FMAX, max_steps=300, chunk=4, cell_filter="frechet")
+    plain = relax(c, pot, min_batch=0, **kw)
+    sizes = []
+    gather = _relax._gather
+    monkeypatch.setattr(_relax, "_gather", lambda t, i: sizes.append(len(i)) or gather(t, i))
+    packed = relax(c, pot, min_batch=1, **kw)
+    assert sorted(set(sizes), reverse=True) == [4, 2, 1]  # working batches 12 -> 4 -> 2 -> 1
+    calls = np.asarray(plain.force_calls)
+    np.testing.assert_array_equal(np.asarray(packed.status), np.asarray(plain.status))
+    np.testing.assert_array_equal(np.asarray(packed.steps), np.asarray(plain.steps))
+    np.testing.assert_array_equal(calls, np.asarray(packed.force_calls))
+    np.testing.assert_allclose(packed.energy, plain.energy, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        packed.crystals.positions, plain.crystals.positions, rtol=0, atol=1e-9
+    )

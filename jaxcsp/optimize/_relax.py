@@ -329,6 +329,15 @@ def _check_args(method, cell_filter):
         raise JaxcspError(f"unknown cell_filter {cell_filter!r}; choose None or 'frechet'")
 
 
+def _bucket(n_running: int, min_batch: int) -> int:
+    """Smallest power of two ``>= n_running`` and ``>= min_batch``."""
+    return max(int(min_batch), 1 << max(0, int(n_running) - 1).bit_length())
+
+
+def _leading(tree, b: int) -> bool:
+    return all(jnp.ndim(a) > 0 and a.shape[0] == b for a in jax.tree_util.tree_leaves(tree))
+
+
 def drive(
     x0: Array,
     row_mask: Array,
@@ -344,6 +353,7 @@ def drive(
     chunk: int,
     neighbor_method: str,
     progress: bool = False,
+    min_batch: int = 32,
 ):
     """Run an optimizer from ``x0`` until every structure stops (host loop over jitted chunks).
 
@@ -351,8 +361,15 @@ def drive(
     reports overflow, the shapes are re-chosen with more head-room from the structures at the
     chunk's start and the chunk is recomputed (deterministic: nothing is lost or truncated).
 
+    Compaction: once at most half of the structures in the working batch are still running, the
+    running ones are gathered into a smaller working batch (a power of two, at least
+    ``min_batch``, filled up with stopped structures, which do not move), so that a long tail of
+    slow structures does not pay for the whole batch every step. Each structure's arithmetic
+    does not depend on the batch it sits in; the working batch sizes met are compiled once each
+    (at most ``log2(B / min_batch)`` extra programs, reused by later calls).
+
     Returns:
-      The final optimizer state.
+      The final optimizer state (all ``B`` structures, in input order).
     """
     kw = dict(method=method, options=tuple(sorted(options.items())), cell_filter=mode)
     growth = 1.0
@@ -362,25 +379,55 @@ def drive(
         growth *= 2.0
         spec = _spec_for(potential, crystals, method=neighbor_method, growth=growth)
         state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
+    total = int(x0.shape[0])
+    full = state  # every structure; rows of ``idx`` live in the working batch ``state``
+    idx = None
+    work_data = data
+    can_compact = min_batch > 0 and _leading(state, total) and _leading(data, total)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=int(x0.shape[0]), desc=f"relax ({method})", unit="struct")
-    while bool(jnp.any(state.status == RUNNING)):
-        new = _run(state, data, potential, spec, n_steps=chunk, **kw)
+        bar = tqdm(total=total, desc=f"relax ({method})", unit="struct")
+    while True:
+        running = np.asarray(state.status == RUNNING)
+        n_running = int(running.sum())
+        if bar is not None:
+            bar.n = total - n_running  # every running structure is in the working batch
+            bar.refresh()
+        if n_running == 0:
+            break
+        size = int(running.shape[0])
+        target = _bucket(n_running, min_batch)
+        if can_compact and target <= size // 2:
+            full = _scatter(full, idx, state)
+            stopped = np.asarray(full.status != RUNNING)
+            run_rows = np.nonzero(~stopped)[0]
+            fill = np.nonzero(stopped)[0][: target - len(run_rows)]
+            idx = jnp.asarray(np.concatenate([run_rows, fill]), jnp.int32)
+            state, work_data = _gather(full, idx), _gather(data, idx)
+        new = _run(state, work_data, potential, spec, n_steps=chunk, **kw)
         if bool(jnp.any(new.overflow)):
             growth *= 2.0
-            current = crystals_from_dofs(state.x, data, mode)
+            current = crystals_from_dofs(state.x, work_data, mode)
             spec = _spec_for(potential, current, method=neighbor_method, growth=growth)
             continue
         state = new
-        if bar is not None:
-            bar.n = int(jnp.sum(state.status != RUNNING))
-            bar.refresh()
     if bar is not None:
         bar.close()
-    return state
+    return _scatter(full, idx, state)
+
+
+def _gather(tree, idx):
+    """Rows ``idx`` of every leaf of ``tree``."""
+    return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+
+def _scatter(full, idx, state):
+    """Write the working batch ``state`` back into rows ``idx`` of ``full`` (all if ``None``)."""
+    if idx is None:
+        return state
+    return jax.tree_util.tree_map(lambda f, a: f.at[idx].set(a), full, state)
 
 
 def relax(
@@ -397,6 +444,7 @@ def relax(
     chunk: int = 50,
     neighbor_method: str = "auto",
     progress: bool = False,
+    min_batch: int = 32,
     **options: Any,
 ) -> RelaxResult:
     """Relax a batch of crystals with any potential (host entry point; jitted inside).
@@ -414,6 +462,10 @@ def relax(
       chunk: steps per jitted call between host checks (overflow, progress).
       neighbor_method: neighbor-list backend (``"auto"``, ``"xla"``, ``"pallas"``).
       progress: show a progress bar.
+      min_batch: smallest working batch of the compaction (see :func:`drive`): once at most
+        half the structures are still running they are gathered into a smaller batch, so the
+        slowest few do not pay for all ``B`` every step; ``0`` turns compaction off. Results
+        do not depend on it.
       **options: optimizer hyperparameters (e.g. ``maxstep``, ``c1``, ``dt``).
 
     Returns:
@@ -443,6 +495,7 @@ def relax(
         chunk=chunk,
         neighbor_method=neighbor_method,
         progress=progress,
+        min_batch=min_batch,
     )
     return result_from_state(
         state, crystals_from_dofs(state.x, data, cell_filter), potential, neighbor_method
