@@ -16,9 +16,9 @@ of each starting structure (``symprec``) symmetrise the atom and cell gradients 
 evaluation, so the optimizer never breaks the starting symmetry. Relaxation directly in Wyckoff
 free variables (symmetry by construction) is :func:`relax_wyckoff`.
 
-Neighbor lists use :func:`jaxcsp.neighbors.update` with shapes chosen on the host; if any
-structure overflows them during a chunk of steps, the shapes are re-chosen and the chunk is
-recomputed from its start (deterministic, so nothing is lost or truncated).
+Neighbor lists use :func:`jaxcsp.neighbors.update` with shapes chosen on the host; a step in
+which any structure overflows them is discarded, the shapes are re-chosen for the structures as
+they are, and the step is redone (so nothing is lost or truncated).
 """
 
 from __future__ import annotations
@@ -211,14 +211,20 @@ def _run(state, data, potential, spec, *, method, options, cell_filter, n_steps)
     opt = make_optimizer(method, _objective(potential, spec, cell_filter), dict(options))
 
     def cond(carry):
-        i, st = carry
-        return (i < n_steps) & jnp.any(st.status == RUNNING)
+        i, st, bad = carry
+        return (i < n_steps) & jnp.any(st.status == RUNNING) & ~bad
 
     def body(carry):
-        i, st = carry
-        return i + 1, opt.step_fn(st, data)
+        i, st, _ = carry
+        new = opt.step_fn(st, data)
+        bad = jnp.any(new.overflow)
+        # a step whose neighbor list overflowed is discarded (its numbers are incomplete); the
+        # loop stops at the last good state, flagged with the failed step's overflow
+        kept = jax.tree_util.tree_map(lambda old, nw: jnp.where(bad, old, nw), st, new)
+        return i + 1, kept._replace(overflow=new.overflow), bad
 
-    return jax.lax.while_loop(cond, body, (jnp.asarray(0), state))[1]
+    state = state._replace(overflow=jnp.zeros_like(state.overflow))
+    return jax.lax.while_loop(cond, body, (jnp.asarray(0), state, jnp.asarray(False)))[1]
 
 
 # ---------------------------------------------------------------------- host-side helpers
@@ -357,16 +363,18 @@ def drive(
 ):
     """Run an optimizer from ``x0`` until every structure stops (host loop over jitted chunks).
 
-    Neighbor-list shapes are chosen from ``crystals`` (the starting structures); whenever a chunk
-    reports overflow, the shapes are re-chosen with more head-room from the structures at the
-    chunk's start and the chunk is recomputed (deterministic: nothing is lost or truncated).
+    Neighbor-list shapes are chosen from ``crystals`` (the starting structures). A step whose
+    neighbor list overflows is discarded inside the jitted chunk, which stops at the last good
+    state; the shapes are then re-chosen, with more head-room, from the structures as they are
+    at that state, and the relaxation goes on from it (nothing is lost, truncated or redone).
 
     Compaction: once at most half of the structures in the working batch are still running, the
     running ones are gathered into a smaller working batch (a power of two, at least
     ``min_batch``, filled up with stopped structures, which do not move), so that a long tail of
-    slow structures does not pay for the whole batch every step. Each structure's arithmetic
-    does not depend on the batch it sits in; the working batch sizes met are compiled once each
-    (at most ``log2(B / min_batch)`` extra programs, reused by later calls).
+    slow structures does not pay for the whole batch every step; the neighbor-list shapes are
+    re-chosen for the new working batch. A structure's trajectory does not depend on the batch
+    it sits in (up to the summation order of neighbor sums); the working batch sizes met are
+    compiled once each (at most ``log2(B / min_batch)`` extra programs, reused by later calls).
 
     Returns:
       The final optimizer state (all ``B`` structures, in input order).
@@ -406,12 +414,21 @@ def drive(
             fill = np.nonzero(stopped)[0][: target - len(run_rows)]
             idx = jnp.asarray(np.concatenate([run_rows, fill]), jnp.int32)
             state, work_data = _gather(full, idx), _gather(data, idx)
+            # the new working batch compiles anyway: re-choose the neighbor shapes for the
+            # structures it holds now, with the base head-room (grown head-room is kept only
+            # while the batch that needed it runs)
+            growth = 1.0
+            current = crystals_from_dofs(state.x, work_data, mode)
+            spec = _spec_for(potential, current, method=neighbor_method)
         new = _run(state, work_data, potential, spec, n_steps=chunk, **kw)
         if bool(jnp.any(new.overflow)):
-            growth *= 2.0
-            current = crystals_from_dofs(state.x, work_data, mode)
+            # ``new`` is the last good state before the overflowing step: re-choose the shapes
+            # for the structures as they are now and go on from there (nothing is recomputed);
+            # the head-room doubles only while no step gets through
+            progressed = bool(jnp.any(new.force_calls != state.force_calls))
+            growth = 2.0 if progressed else 2.0 * growth
+            current = crystals_from_dofs(new.x, work_data, mode)
             spec = _spec_for(potential, current, method=neighbor_method, growth=growth)
-            continue
         state = new
     if bar is not None:
         bar.close()

@@ -368,7 +368,16 @@ def relax_stream(
                 state = state._replace(status=jnp.where(idle, 1, state.status))
             if all(w is None for w in lanes):
                 break
-            state = _run(state, data, potential, spec, n_steps=refill_every, **kw)
+            new = _run(state, data, potential, spec, n_steps=refill_every, **kw)
+            if bool(jnp.any(new.overflow)):
+                # ``new`` is the last good state before an overflowing step (see ``drive``):
+                # re-choose the shapes for the structures as they are and go on from it
+                progressed = bool(jnp.any(new.force_calls != state.force_calls))
+                growth = 2.0 if progressed else 2.0 * growth
+                current = crystals_from_dofs(new.x, data, cell_filter)
+                spec = _spec_for(potential, current, method=neighbor_method, growth=growth)
+                new = new._replace(overflow=jnp.zeros_like(new.overflow))
+            state = new
         compiles += _run._cache_size() + _init._cache_size() - before
     if bar is not None:
         bar.close()
