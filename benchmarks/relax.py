@@ -181,6 +181,7 @@ def run_case(name: str, n: int, ase_n: int, procs: int, fmax: float, peer_calc: 
     scaled = ase_wall * n / len(images)
     ours_e = np.asarray(res.energy)[: len(images)] / np.asarray(c.num_atoms)[: len(images)]
     same = np.abs(ours_e - ase_e) < 1e-4
+    lower = int(np.sum(ours_e < ase_e - 1e-4))
     conv = np.asarray(res.converged)
     calls_ours = np.asarray(res.force_calls)
     compare(
@@ -196,6 +197,7 @@ def run_case(name: str, n: int, ase_n: int, procs: int, fmax: float, peer_calc: 
             ours_compiles=n_compiles,
             ase_pool_wall_s=wall_pool,
             same_minimum=float(same.mean()),
+            ours_lower=lower,
             converged=float(conv.mean()),
             median_calls_ours=float(np.median(calls_ours[: len(images)])),
             median_calls_ase=float(np.median(ase_calls)),
@@ -205,7 +207,8 @@ def run_case(name: str, n: int, ase_n: int, procs: int, fmax: float, peer_calc: 
     print(
         f"    ours wall {wall:.1f} s = {warm:.1f} s relaxing + {compile_s:.1f} s compiling "
         f"({n_compiles} programs); converged {conv.mean():.1%}; same minimum as ASE (1e-4 "
-        f"eV/atom) {same.sum()}/{len(images)}; median force calls ours "
+        f"eV/atom) {same.sum()}/{len(images)} (ours lower in {lower}, higher in "
+        f"{len(images) - same.sum() - lower}); median force calls ours "
         f"{np.median(calls_ours[: len(images)]):.0f} vs ASE {np.median(ase_calls):.0f} (ours "
         f"max over all {n}: {calls_ours.max()})",
         flush=True,
