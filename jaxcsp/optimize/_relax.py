@@ -429,6 +429,7 @@ def drive(
             growth = 2.0 if progressed else 2.0 * growth
             current = crystals_from_dofs(new.x, work_data, mode)
             spec = _spec_for(potential, current, method=neighbor_method, growth=growth)
+            new = new._replace(overflow=jnp.zeros_like(new.overflow))
         state = new
     if bar is not None:
         bar.close()
