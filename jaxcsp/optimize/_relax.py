@@ -421,19 +421,28 @@ def drive(
             current = crystals_from_dofs(state.x, work_data, mode)
             spec = _spec_for(potential, current, method=neighbor_method)
         new = _run(state, work_data, potential, spec, n_steps=chunk, **kw)
-        if bool(jnp.any(new.overflow)):
-            # ``new`` is the last good state before the overflowing step: re-choose the shapes
-            # for the structures as they are now and go on from there (nothing is recomputed);
-            # the head-room doubles only while no step gets through
-            progressed = bool(jnp.any(new.force_calls != state.force_calls))
-            growth = 2.0 if progressed else 2.0 * growth
-            current = crystals_from_dofs(new.x, work_data, mode)
-            spec = _spec_for(potential, current, method=neighbor_method, growth=growth)
-            new = new._replace(overflow=jnp.zeros_like(new.overflow))
-        state = new
+        state, spec, growth = _after_chunk(
+            state, new, work_data, potential, spec, growth, mode, neighbor_method
+        )
     if bar is not None:
         bar.close()
     return _scatter(full, idx, state)
+
+
+def _after_chunk(before, new, data, potential, spec, growth, mode, neighbor_method):
+    """Host step after a jitted chunk: ``(state, spec, growth)`` to go on with.
+
+    If the chunk stopped on an overflowing step, ``new`` is the last good state before it: the
+    shapes are re-chosen for the structures as they are now and the run goes on from there
+    (nothing is recomputed); the head-room doubles only while no step gets through.
+    """
+    if not bool(jnp.any(new.overflow)):
+        return new, spec, growth
+    progressed = bool(jnp.any(new.force_calls != before.force_calls))
+    growth = 2.0 if progressed else 2.0 * growth
+    current = crystals_from_dofs(new.x, data, mode)
+    spec = _spec_for(potential, current, method=neighbor_method, growth=growth)
+    return new._replace(overflow=jnp.zeros_like(new.overflow)), spec, growth
 
 
 def _gather(tree, idx):

@@ -37,6 +37,7 @@ from jaxcsp.crystal import Crystals
 from jaxcsp.errors import InvalidStructureError, JaxcspError
 from jaxcsp.optimize._base import RUNNING, STATUS_NAMES, masked_fmax
 from jaxcsp.optimize._relax import (
+    _after_chunk,
     _check_args,
     _init,
     _run,
@@ -369,15 +370,9 @@ def relax_stream(
             if all(w is None for w in lanes):
                 break
             new = _run(state, data, potential, spec, n_steps=refill_every, **kw)
-            if bool(jnp.any(new.overflow)):
-                # ``new`` is the last good state before an overflowing step (see ``drive``):
-                # re-choose the shapes for the structures as they are and go on from it
-                progressed = bool(jnp.any(new.force_calls != state.force_calls))
-                growth = 2.0 if progressed else 2.0 * growth
-                current = crystals_from_dofs(new.x, data, cell_filter)
-                spec = _spec_for(potential, current, method=neighbor_method, growth=growth)
-                new = new._replace(overflow=jnp.zeros_like(new.overflow))
-            state = new
+            state, spec, growth = _after_chunk(
+                state, new, data, potential, spec, growth, cell_filter, neighbor_method
+            )
         compiles += _run._cache_size() + _init._cache_size() - before
     if bar is not None:
         bar.close()
