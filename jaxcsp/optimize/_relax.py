@@ -38,6 +38,7 @@ from jaxcsp.crystal import Crystals
 from jaxcsp.optimize._base import RUNNING, STATUS_NAMES, masked_fmax
 from jaxcsp.optimize._bfgs import bfgs_linesearch
 from jaxcsp.optimize._fire import fire, lbfgs
+from jaxcsp.runtime import release_compiled_programs
 
 __all__ = [
     "METHODS",
@@ -398,6 +399,7 @@ def drive(
 
         bar = tqdm(total=total, desc=f"relax ({method})", unit="struct")
     while True:
+        release_compiled_programs()  # near the process's map cap: drop cached programs
         running = np.asarray(state.status == RUNNING)
         n_running = int(running.sum())
         if bar is not None:

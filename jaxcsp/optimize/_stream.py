@@ -46,6 +46,7 @@ from jaxcsp.optimize._relax import (
     initial_dofs,
     make_data,
 )
+from jaxcsp.runtime import release_compiled_programs
 
 __all__ = ["StreamSummary", "relax_stream", "size_class"]
 
@@ -369,6 +370,10 @@ def relax_stream(
                 state = state._replace(status=jnp.where(idle, 1, state.status))
             if all(w is None for w in lanes):
                 break
+            sizes = _run._cache_size() + _init._cache_size()
+            if release_compiled_programs():  # near the map cap: cached programs were dropped
+                compiles += sizes - before
+                before = 0
             new = _run(state, data, potential, spec, n_steps=refill_every, **kw)
             state, spec, growth = _after_chunk(
                 state, new, data, potential, spec, growth, cell_filter, neighbor_method

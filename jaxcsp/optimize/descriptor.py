@@ -43,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcsp.runtime import release_compiled_programs
+
 __all__ = [
     "DescriptorResult",
     "PlateauState",
@@ -409,6 +411,7 @@ def run(
     history = []
     done = 0
     while done < steps:
+        release_compiled_programs()  # near the process's map cap: drop cached programs
         n = min(chunk, steps - done)
         if n not in fns:
             fns[n] = _make_chunk(loss_fn, optimizer, n)
@@ -689,6 +692,7 @@ def optimize_wyckoff(
     carry = (params, opt_state, params, jnp.full((b,), jnp.inf, dtype))
     history, done, reallocations = [], 0, 0
     while done < steps:
+        release_compiled_programs()  # near the process's map cap: drop cached programs
         n = min(chunk, steps - done)
         new, losses, overflow = _wyckoff_chunk(carry, wc, reference, spec, length=n, static=static)
         if bool(jnp.any(overflow)) or bool(jnp.any(over0)):
