@@ -428,11 +428,42 @@ def neighbor_list_spec(
         )
     interpret = resolved == "pallas" and jax.default_backend() != "gpu"
     if max_neighbors is None:
-        probe = NeighborListSpec(cutoff, 1, images, resolved, interpret)
-        _, max_count = _update(probe, crystals)
-        counted = int(np.max(np.asarray(max_count), initial=0))
+        counted = _host_max_neighbors(crystals, cutoff, widths)
         max_neighbors = max(1, math.ceil(counted * (1.0 + capacity_headroom)))
     return NeighborListSpec(cutoff, max_neighbors, images, resolved, interpret)
+
+
+def _host_max_neighbors(crystals: Crystals, cutoff: float, widths: np.ndarray) -> int:
+    """Largest neighbor count of any atom of a concrete batch (numpy, float64, no compilation).
+
+    Same rule as :func:`update` (``|r_j - r_i + s @ L| < cutoff``, the zero-shift self pair
+    excluded), over each crystal's own image box; work is chunked to ~4M distances at a time.
+    """
+    lat = np.asarray(crystals.lattice, np.float64)
+    frac = np.asarray(crystals.frac, np.float64)
+    mask = np.asarray(crystals.mask, bool)
+    best = 0
+    for b in range(lat.shape[0]):
+        f = frac[b][mask[b]]
+        n = len(f)
+        if n == 0:
+            continue
+        f = f - np.floor(f)
+        reach = np.ceil(cutoff / widths[b] + _FRAC_EPS).astype(int) + 1  # wrapped: |Δf| < 1
+        axes = [np.arange(-r, r + 1) for r in reach]
+        shifts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(float)
+        s_cart = shifts @ lat[b]  # (M, 3)
+        zero = np.all(shifts == 0, axis=-1)
+        r = f @ lat[b]  # (n, 3)
+        step = max(1, (1 << 22) // max(1, n * len(shifts)))
+        for i0 in range(0, n, step):
+            d = r[None, :, :] - r[i0 : i0 + step, None, :]  # (c, n, 3)
+            v = d[:, :, None, :] + s_cart[None, None]  # (c, n, M, 3)
+            hit = np.einsum("cnmk,cnmk->cnm", v, v) < cutoff * cutoff
+            rows = np.arange(i0, min(i0 + step, n))
+            hit[np.arange(len(rows)), rows] &= ~zero  # the atom itself, unshifted
+            best = max(best, int(hit.sum(axis=(1, 2)).max()))
+    return best
 
 
 def neighbor_list(

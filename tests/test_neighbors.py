@@ -187,6 +187,20 @@ def test_matches_ase_large(impl, data):
     _check_against_ase(impl, (2, 64), data)
 
 
+@settings(max_examples=60)
+@given(data=batches((3, 16)))
+def test_spec_capacity_is_the_largest_neighbor_count(data):
+    """``neighbor_list_spec`` counts on the host (no compilation): its capacity with no head-room
+    is the largest count of any atom in ASE's neighbor list."""
+    crystals, cutoff = data
+    ref, _ = ase_triples(crystals, cutoff)
+    counts = {}
+    for b, i, *_ in ref:
+        counts[(b, i)] = counts.get((b, i), 0) + 1
+    spec = neighbor_list_spec(make_batch(crystals, 16), cutoff, capacity_headroom=0.0)
+    assert spec.max_neighbors == max(1, max(counts.values(), default=0))
+
+
 # ---------------------------------------------------------------------- fixed cases
 
 
