@@ -145,3 +145,16 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
     ids = [r.input_id for r in rows]
     assert sorted(ids) == list(range(len(images)))  # every input exactly once
     assert all(r.status == "converged" for r in rows)
+
+
+def test_input_hash_is_never_a_number():
+    """ASE's database refuses a string value that parses as a number; a bare hex digest can
+    (``29704083404169e7`` met in a soak run), the stored fingerprint never does."""
+    from ase.build import bulk
+
+    from jaxcsp.optimize._stream import _fingerprint
+
+    for a in np.linspace(3.0, 6.0, 400):
+        digest = _fingerprint(bulk("Si", "diamond", a=float(a)))
+        with pytest.raises(ValueError):
+            float(digest)

@@ -107,11 +107,16 @@ def _load_source(source: Any) -> list:
 
 
 def _fingerprint(atoms) -> str:
+    """``"sha1:<16 hex digits>"`` of species, cell and positions (to 1e-8 Å).
+
+    The prefix keeps the value a string for ASE's database, which refuses strings that parse
+    as numbers (a bare digest such as ``29704083404169e7`` does).
+    """
     h = hashlib.sha1()
     h.update(np.asarray(atoms.numbers, np.int64).tobytes())
     h.update(np.round(np.asarray(atoms.cell.array, np.float64), 8).tobytes())
     h.update(np.round(np.asarray(atoms.positions, np.float64), 8).tobytes())
-    return h.hexdigest()[:16]
+    return "sha1:" + h.hexdigest()[:16]
 
 
 def _done_ids(db) -> dict[int, str]:
@@ -148,7 +153,7 @@ def _prepare(images: list, potential, done: dict[int, str], db) -> tuple[list[_W
     for i, atoms in enumerate(images):
         digest = _fingerprint(atoms)
         if i in done:
-            if done[i] != digest:
+            if done[i] not in (digest, digest.removeprefix("sha1:")):  # bare: older databases
                 raise JaxcspError(
                     f"database already holds input_id {i} with a different structure "
                     f"(hash {done[i]} != {digest}): is this the same source?"
