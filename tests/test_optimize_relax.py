@@ -177,3 +177,28 @@ def test_compaction_changes_nothing(monkeypatch):
     np.testing.assert_allclose(
         packed.crystals.positions, plain.crystals.positions, rtol=0, atol=1e-9
     )
+
+
+def test_neighbor_shapes_are_reused_across_batches():
+    """A long run of new batches reaches few neighbor-list shapes, each covering its batch."""
+    from jaxcsp import neighbors as nb
+
+    pot = POTENTIALS["sw"]()
+    images = [a for a in relax_set("sw") if len(a) <= 8]
+    c_all = jc.io.from_ase(images)
+    batches = [c_all.take(np.arange(i, i + 4)) for i in range(0, len(images) - 3, 4)]
+    needs, chosen = set(), set()
+    for c in batches:
+        need = nb.neighbor_list_spec(
+            c, float(pot.cutoff), capacity_headroom=0.5, cell_headroom=0.15
+        )
+        spec = _relax._spec_for(pot, c, method="auto")
+        assert all(a >= b for a, b in zip(spec.images, need.images, strict=True))
+        assert spec.max_neighbors >= need.max_neighbors
+        assert spec.max_neighbors in (8, 12, 16, 24, 32, 48, 64, 96, 128)
+        needs.add((need.images, need.max_neighbors))
+        chosen.add(spec)
+    assert len(batches) >= 6 and len(chosen) < len(needs)
+    for c in batches[:2]:  # the reused shapes really hold every neighbor
+        spec = _relax._spec_for(pot, c, method="auto")
+        assert not bool(np.any(np.asarray(nb.update(spec, c).overflow)))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -287,21 +286,56 @@ def symmetry_operations(crystals: Crystals, *, symprec: float = 1e-4) -> tuple[A
     return jnp.asarray(perm, jnp.int32), jnp.asarray(rot, dtype), jnp.asarray(op_mask)
 
 
+#: neighbor-list shapes chosen so far in this process, per (cutoff, method): a new choice that
+#: an earlier one covers at a bounded extra cost reuses it, so a long run of new structures
+#: reaches a few shapes (compiled once each) instead of compiling for every new batch
+_CHOSEN_SPECS: dict[tuple, list] = {}
+#: reuse a covering spec if it tests at most this many times the candidate images / slots
+_REUSE_IMAGES, _REUSE_CAPACITY = 2.0, 1.5
+
+
+def _quantize_capacity(k: int) -> int:
+    """Round a capacity up to the grid 8, 12, 16, 24, 32, 48, ... (< 1.5x, few values)."""
+    from jaxcsp.calculator import CAPACITY_QUANTUM
+
+    k = max(int(k), CAPACITY_QUANTUM)
+    p = 1 << (k - 1).bit_length()
+    return p * 3 // 4 if k <= p * 3 // 4 else p
+
+
 def _spec_for(potential, crystals: Crystals, *, method: str, growth: float = 1.0):
+    """Neighbor-list shapes for a batch (host side): counted, quantized, or an earlier covering one.
+
+    The capacity is rounded up to a coarse grid, and a spec chosen earlier in this process
+    for the same cutoff and method is reused when it covers this batch (images and capacity at
+    least those needed) for at most ``_REUSE_IMAGES`` times the images and ``_REUSE_CAPACITY``
+    times the slots: the set of compiled shapes stays small however many batches come.
+    """
     if potential.cutoff is None:
         return None
     from jaxcsp import neighbors as nb
-    from jaxcsp.calculator import CAPACITY_QUANTUM
 
-    spec = nb.neighbor_list_spec(
+    need = nb.neighbor_list_spec(
         crystals,
         float(potential.cutoff),
         method=method,
         capacity_headroom=0.5 * growth,
         cell_headroom=0.15 * growth,
     )
-    k = CAPACITY_QUANTUM * max(1, math.ceil(spec.max_neighbors / CAPACITY_QUANTUM))
-    return dataclasses.replace(spec, max_neighbors=k)
+    k = _quantize_capacity(need.max_neighbors)
+    chosen = _CHOSEN_SPECS.setdefault((need.cutoff, need.method, need.interpret), [])
+    fits = [
+        s
+        for s in chosen
+        if all(a >= b for a, b in zip(s.images, need.images, strict=True))
+        and s.num_images <= _REUSE_IMAGES * need.num_images
+        and k <= s.max_neighbors <= _REUSE_CAPACITY * k
+    ]
+    if fits:
+        return min(fits, key=lambda s: (s.num_images * s.max_neighbors, s.images))
+    spec = dataclasses.replace(need, max_neighbors=k)
+    chosen.append(spec)
+    return spec
 
 
 def make_data(
