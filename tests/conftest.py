@@ -7,8 +7,9 @@
 * The whole suite runs in one process. Every compiled XLA:CPU program holds memory mappings of
   its own while JAX caches it, and jaxlib 0.10.1 crashes once the process reaches the kernel's
   cap (``vm.max_map_count``; see ``jaxcsp/runtime.py`` and ``tests/repro/map_exhaustion.py``).
-  After each test, if the process holds more than ``MAP_FRACTION`` of the cap, JAX's caches of
-  compiled programs are cleared: the mappings (and the memory of the programs) stay bounded.
+  When a new test file starts (or after any test past ``MAP_FRACTION_HARD``), if the process
+  holds more than ``MAP_FRACTION`` of the cap, JAX's caches of compiled programs are cleared:
+  the mappings (and the memory of the programs) stay bounded.
 * JAX's persistent compilation cache is opt-in: set ``JAXCSP_JAX_CACHE=DIR`` to reuse compiled
   programs across runs (``tests/test_runtime.py`` checks that a second process loads them).
 * Hypothesis: no per-example deadline (the first example of a shape pays for compilation);
@@ -41,16 +42,26 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 from jaxcsp import runtime  # noqa: E402
 
-#: clear compiled programs after a test once the process holds this fraction of the map cap
-#: (below the 0.5 at which jaxcsp's drivers clear and warn, so a test never sees their warning)
-MAP_FRACTION = 0.35
+#: between two test files, clear compiled programs once the process holds this fraction of the
+#: map cap; within a file (whose tests share programs) only past ``MAP_FRACTION_HARD``, which
+#: is below the 0.5 at which jaxcsp's drivers clear and warn, so a test never sees their warning
+MAP_FRACTION, MAP_FRACTION_HARD = 0.3, 0.4
+_LAST_FILE = {"name": None}
 
 
 @pytest.fixture(autouse=True)
-def _bounded_compiled_programs():
+def _bounded_compiled_programs(request):
+    name = request.node.path.name
+    if name != _LAST_FILE["name"]:
+        _LAST_FILE["name"] = name
+        _release_above(MAP_FRACTION)
     yield
+    _release_above(MAP_FRACTION_HARD)
+
+
+def _release_above(fraction: float) -> None:
     n, limit = runtime.memory_maps(), runtime.memory_map_limit()
-    if n is not None and limit is not None and n > MAP_FRACTION * limit:
+    if n is not None and limit is not None and n > fraction * limit:
         runtime.release_compiled_programs(force=True)
 
 

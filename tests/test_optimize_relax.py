@@ -78,8 +78,11 @@ def test_shipped_ase_references_are_reproduced():
     assert fresh.keys() == shipped.keys()
     for key, v in fresh.items():
         s = shipped[key]
-        assert (v["calls"], v["ok"]) == (s["calls"], s["ok"]), (key, v, s)
+        # the minimum to 1e-9; the path to within a couple of evaluations, since a line search's
+        # choices follow the last bits of the forces (XLA flags, BLAS) and ASE has no tie-break
+        assert v["ok"] == s["ok"], (key, v, s)
         assert v["energy"] == pytest.approx(s["energy"], rel=1e-9, abs=1e-9), (key, v, s)
+        assert abs(v["calls"] - s["calls"]) <= max(2, 0.05 * s["calls"]), (key, v, s)
 
 
 def _report(name: str, method: str, rows: list[dict]) -> None:

@@ -566,10 +566,12 @@ def relax(
 
 
 def result_from_state(state, final: Crystals, potential, neighbor_method: str) -> RelaxResult:
-    """Final energies/forces/stress (one more evaluation) and the optimizer's bookkeeping."""
-    from jaxcsp.calculator import calculate
+    """Final energies/forces/stress (one more evaluation) and the optimizer's bookkeeping.
 
-    res = calculate(potential, final, method=neighbor_method)
+    The neighbor shapes come from :func:`_spec_for` (counted on ``final``, so nothing overflows),
+    so the final evaluation reuses compiled shapes like the relaxation does.
+    """
+    res = final_results(potential, final, _spec_for(potential, final, method=neighbor_method))
     return RelaxResult(
         crystals=final,
         energy=res.energy,
@@ -581,3 +583,25 @@ def result_from_state(state, final: Crystals, potential, neighbor_method: str) -
         steps=state.steps,
         force_calls=state.force_calls,
     )
+
+
+def final_results(potential, crystals: Crystals, spec):
+    """Energy, forces and stress of ``crystals`` with the neighbor shapes ``spec`` (or ``None``).
+
+    Falls back to :func:`jaxcsp.calculator.calculate` (shapes re-chosen) if a list overflows.
+    """
+    from jaxcsp import neighbors as nb
+
+    nl = None if spec is None else nb.update(spec, crystals)
+    if nl is not None and bool(jnp.any(nl.overflow)):
+        from jaxcsp.calculator import calculate
+
+        return calculate(potential, crystals, method=spec.method)
+    return _calc_jit(potential, crystals, nl)
+
+
+@jax.jit
+def _calc_jit(potential, crystals, neighbors):
+    from jaxcsp.calculator import calculate_with_neighbors
+
+    return calculate_with_neighbors(potential, crystals, neighbors)

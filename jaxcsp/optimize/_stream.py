@@ -43,6 +43,7 @@ from jaxcsp.optimize._relax import (
     _run,
     _spec_for,
     crystals_from_dofs,
+    final_results,
     initial_dofs,
     make_data,
 )
@@ -311,12 +312,7 @@ def relax_stream(
             finished = [k for k, w in enumerate(lanes) if w is not None and status[k] != RUNNING]
             if finished:
                 final = crystals_from_dofs(state.x, data, cell_filter)
-                nl = None
-                if spec is not None:
-                    from jaxcsp import neighbors as nb
-
-                    nl = nb.update(spec, final)
-                res = _calc_jit(potential, final, nl)
+                res = final_results(potential, final, spec)
                 fm = np.asarray(masked_fmax(state.grad, state.row_mask))
                 e = np.asarray(res.energy)
                 f = np.asarray(res.forces)
@@ -394,10 +390,3 @@ def relax_stream(
         wall_s=time.perf_counter() - t0,
         compiles=compiles,
     )
-
-
-@jax.jit
-def _calc_jit(potential, crystals, neighbors):
-    from jaxcsp.calculator import calculate_with_neighbors
-
-    return calculate_with_neighbors(potential, crystals, neighbors)
