@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -306,7 +307,8 @@ def _quantize_capacity(k: int) -> int:
 def _spec_for(potential, crystals: Crystals, *, method: str, growth: float = 1.0):
     """Neighbor-list shapes for a batch (host side): counted, quantized, or an earlier covering one.
 
-    The capacity is rounded up to a coarse grid, and a spec chosen earlier in this process
+    The capacity is rounded up to a coarse grid, the image box to a cube where that costs at
+    most ``_REUSE_IMAGES`` times the images needed, and a spec chosen earlier in this process
     for the same cutoff and method is reused when it covers this batch (images and capacity at
     least those needed) for at most ``_REUSE_IMAGES`` times the images and ``_REUSE_CAPACITY``
     times the slots: the set of compiled shapes stays small however many batches come.
@@ -333,7 +335,11 @@ def _spec_for(potential, crystals: Crystals, *, method: str, growth: float = 1.0
     ]
     if fits:
         return min(fits, key=lambda s: (s.num_images * s.max_neighbors, s.images))
-    spec = dataclasses.replace(need, max_neighbors=k)
+    images = need.images
+    cube = (max(images),) * 3  # one box shape for the permutations of a cell's widths
+    if math.prod(cube) <= _REUSE_IMAGES * need.num_images:
+        images = cube
+    spec = dataclasses.replace(need, max_neighbors=k, images=images)
     chosen.append(spec)
     return spec
 

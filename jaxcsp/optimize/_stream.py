@@ -366,7 +366,8 @@ def relax_stream(
                         filler,
                     )
                     data, fresh = start(batch, spec)
-                    mask = jnp.zeros(slots, bool).at[jnp.asarray(refill)].set(True)
+                    mask = np.zeros(slots, bool)  # on the host: no program per refill count
+                    mask[refill] = True
                     state = _merge(mask, fresh, state)
                 state = state._replace(status=jnp.where(idle, 1, state.status))
             if all(w is None for w in lanes):
