@@ -211,17 +211,22 @@ def build_default_references() -> dict:
     _, c0 = symmetric_starts()
     spec = shared_spec(pot, c0)
     for atoms in jc.io.to_ase(c0):
-        ase_reference(
-            atoms,
-            pot,
-            "sw",
-            optimizer="bfgs_linesearch",
-            cell=True,
-            fmax=0.01,
-            steps=500,
-            n_pad=8,
-            spec=spec,
-            fix_symmetry=True,
-            record=record,
-        )
+        symmetric_reference(atoms, pot, spec, record=record)
     return record
+
+
+def symmetric_reference(atoms, potential, spec, record: dict | None = None):
+    """ASE ``FixSymmetry`` + ``FrechetCellFilter`` + ``BFGSLineSearch`` of one Si8 start (SW)."""
+    return ase_reference(
+        atoms,
+        potential,
+        "sw",
+        optimizer="bfgs_linesearch",
+        cell=True,
+        fmax=0.01,
+        steps=500,
+        n_pad=8,
+        spec=spec,
+        fix_symmetry=True,
+        record=record,
+    )
