@@ -17,6 +17,7 @@ from jaxcsp import (
     neighbors,
     optimize,
     potentials,
+    runtime,
     symmetry,
 )
 from jaxcsp.calculator import Results, calculate
@@ -44,6 +45,7 @@ __all__ = [
     "optimize",
     "pad",
     "potentials",
+    "runtime",
     "stack",
     "symmetry",
     "unstack",
