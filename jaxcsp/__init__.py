@@ -1,6 +1,6 @@
 """jaxcsp: JAX-native differentiable crystal structure optimization and prediction.
 
-The public contract is in DESIGN.md §4; the names re-exported here are stable.
+The names re-exported here are the stable public contract.
 
 >>> import jaxcsp as jc
 >>> c = jc.Crystals.create([[4.0, 0, 0], [0, 4.0, 0], [0, 0, 4.0]], [[0, 0, 0]], ["Cu"])
@@ -18,6 +18,7 @@ from jaxcsp import (
     optimize,
     potentials,
     runtime,
+    search,
     symmetry,
 )
 from jaxcsp.calculator import Results, calculate
@@ -46,6 +47,7 @@ __all__ = [
     "pad",
     "potentials",
     "runtime",
+    "search",
     "stack",
     "symmetry",
     "unstack",

@@ -357,16 +357,60 @@ def write(
 # ---------------------------------------------------------------------- ASE database
 
 
-def connect_db(path: str | os.PathLike):
+def connect_db(path: str | os.PathLike, *, write: bool = True):
     """Open an ASE database (SQLite path or URL) without ASE's lock file.
 
     SQLite and PostgreSQL make every write a transaction already; ASE's extra ``.lock`` file is
     left behind when a process is killed mid-write and then blocks every later writer forever,
     which would defeat resuming a killed run.
+
+    A plain path is checked first, so that a wrong output location fails on one line before
+    any work is done instead of with a raw ``sqlite3`` traceback at the first write.
+
+    Args:
+      path: database file (type from its extension: ``.db`` SQLite, ``.json``) or URL
+        (``postgresql://...``, not checked).
+      write: the caller will write: the directory (and an existing file) must be writable.
+
+    Returns:
+      The ``ase.db`` database object.
+
+    Raises:
+      StructureFileError: the path is a directory, its directory does not exist or is not
+        writable, an existing ``.db`` file is not an SQLite database, or ASE cannot tell the
+        database type from the name.
     """
     import ase.db
 
-    return ase.db.connect(os.fspath(path), use_lock_file=False)
+    spath = os.fspath(path)
+    if "://" not in spath:
+        _check_db_path(spath, write=write)
+    try:
+        return ase.db.connect(spath, use_lock_file=False)
+    except ValueError as e:  # e.g. "No file extension or database type given"
+        raise StructureFileError(f"cannot open as a database ({e})", path=spath) from e
+
+
+def _check_db_path(path: str, *, write: bool) -> None:
+    if os.path.isdir(path):
+        raise StructureFileError("is a directory, not a database file", path=path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise StructureFileError(f"directory {parent} does not exist", path=path)
+    if write and not os.access(parent, os.W_OK | os.X_OK):
+        raise StructureFileError(f"directory {parent} is not writable", path=path)
+    if not os.path.exists(path):
+        return
+    if write and not os.access(path, os.W_OK):
+        raise StructureFileError("file is not writable", path=path)
+    if path.endswith(".db") and os.path.getsize(path) > 0:
+        try:
+            with open(path, "rb") as fh:
+                header = fh.read(16)
+        except OSError as e:
+            raise StructureFileError(f"cannot read ({e.strerror})", path=path) from e
+        if header != b"SQLite format 3\x00":
+            raise StructureFileError("exists and is not an SQLite database", path=path)
 
 
 def _plain(value: Any, key: str, index: int) -> Any:
@@ -480,8 +524,10 @@ def read_db(
     if "://" not in spath and not os.path.exists(spath):
         raise StructureFileError("no such database", path=spath)
     try:
-        db = connect_db(spath)
+        db = connect_db(spath, write=False)
         rows = list(db.select(selection, sort="id", **query))
+    except StructureFileError:
+        raise
     except Exception as e:
         raise StructureFileError(
             f"could not read database ({type(e).__name__}: {e})", path=spath

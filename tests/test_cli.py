@@ -70,6 +70,81 @@ def test_bad_input_exit_code_and_message(tmp_path, capsys):
     assert "one structure per file" in capsys.readouterr().err
 
 
+def _silicon(tmp_path, *extra):
+    """An extxyz file: diamond Si (input 0), then ``extra``."""
+    import ase.io
+    from ase.build import bulk
+
+    path = tmp_path / "in.extxyz"
+    ase.io.write(path, [bulk("Si", "diamond", a=5.43), *extra])
+    return path
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "option, match",
+    [
+        (["--fmax", "-1"], "fmax must be a positive finite number (eV/Å), got -1.0"),
+        (["--fmax", "nan"], "fmax must be a positive finite number (eV/Å), got nan"),
+        (["--max-steps", "0"], "max_steps must be an integer >= 1, got 0"),
+        (["--max-atoms", "0"], "max_atoms must be an integer >= 1, got 0"),
+        (["--refill-every", "0"], "refill_every must be an integer >= 1, got 0"),
+        (["--pressure", "inf"], "pressure must be a finite number (GPa), got inf"),
+    ],
+)
+def test_relax_bad_numbers_fail_on_one_line_before_compute(tmp_path, capsys, option, match):
+    db = tmp_path / "out.db"
+    assert main(["relax", str(_silicon(tmp_path)), "-o", str(db), "--quiet", *option]) == 1
+    assert _one_line_error(capsys) == f"jaxcsp relax: error: {match}\n"
+    assert not db.exists()
+
+
+def test_relax_uncovered_element_fails_up_front(tmp_path, capsys):
+    from ase.build import bulk
+
+    src = _silicon(tmp_path, bulk("NaCl", "rocksalt", a=5.64))
+    db = tmp_path / "out.db"
+    assert main(["relax", str(src), "-o", str(db), "--potential", "sw", "--quiet"]) == 1
+    err = _one_line_error(capsys)
+    assert "structure 1, field 'species': element Na (Z=11) at atom 0" in err
+    assert "not covered by potential 'stillinger_weber' (covers Si)" in err
+    assert not db.exists() or len(jc.io.connect_db(db)) == 0  # Si (input 0) was not relaxed
+
+
+def test_relax_overlapping_atoms_become_an_invalid_row(tmp_path, capsys):
+    from ase.build import bulk
+
+    si = bulk("Si", "diamond", a=5.43)
+    si.positions[1] = si.positions[0]
+    db = tmp_path / "out.db"
+    src = tmp_path / "overlap.extxyz"
+    si.write(src)
+    assert main(["relax", str(src), "-o", str(db), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert out.err.count("\n") == 1 and "1 input(s) ended 'invalid'" in out.err
+    assert "1 relaxed (invalid 1)" in out.out
+    (row,) = jc.io.connect_db(db).select()
+    assert row.status == "invalid" and row.steps == 0 and row.force_calls == 0
+    assert "field 'frac': atoms 0 and 1 are 0.000 Å apart (closer than 0.1 Å)" in row.error
+
+
+def test_relax_unusable_output_fails_on_one_line(tmp_path, capsys):
+    src = str(_silicon(tmp_path))
+    missing = tmp_path / "nonexistent" / "dir" / "out.db"
+    assert main(["relax", src, "-o", str(missing), "--quiet"]) == 1
+    assert "out.db: directory " in _one_line_error(capsys)
+    assert not (tmp_path / "nonexistent").exists()
+    assert main(["relax", src, "-o", str(tmp_path), "--quiet"]) == 1
+    assert "is a directory, not a database file" in _one_line_error(capsys)
+    assert main(["relax", src, "-o", src, "--quiet"]) == 1  # the input itself: not a database
+    assert "cannot open as a database" in _one_line_error(capsys)
+
+
 SCRIPT = pathlib.Path(sys.executable).parent / "jaxcsp"
 
 

@@ -253,3 +253,31 @@ def test_concatenate_rejects_mixed_dtypes_and_empty():
         jc.concatenate([_batch(dtype=jnp.float32), _batch()])
     with pytest.raises(jc.InvalidStructureError, match="empty"):
         jc.concatenate([])
+
+
+def test_find_overlaps_minimum_image_self_images_and_padding():
+    from jaxcsp.crystal import check_overlaps, find_overlaps
+
+    cubic = np.eye(3) * 3.0
+    # batch of 3, padded to 3 slots: fine, overlap through the periodic boundary, self-image
+    c = jc.Crystals.create(
+        np.stack([cubic, cubic, np.diag([0.05, 3.0, 3.0])]),
+        [
+            [[0, 0, 0], [0.5, 0.5, 0.5], [0, 0, 0]],
+            [[0.1, 0.2, 0.3], [0.5, 0.5, 0.5], [0.1 + 1 - 1e-3, 0.2, 0.3]],  # 0.003 Å across
+            [[0, 0, 0], [0, 0, 0], [0, 0, 0]],
+        ],
+        [[14, 14, 0], [14, 14, 14], [14, 0, 0]],
+    )
+    errors = find_overlaps(c)
+    assert errors[0] is None
+    assert errors[1].index == 1 and errors[1].field == "frac"
+    assert "atoms 0 and 2 are 0.003 Å apart (closer than 0.1 Å)" in str(errors[1])
+    assert "atom 0 and its periodic image are 0.050 Å apart" in str(errors[2])
+    assert find_overlaps(c, min_distance=0.002)[1] is None
+    with pytest.raises(jc.InvalidStructureError, match="structure 1, field 'frac'"):
+        check_overlaps(c, source="x")
+    assert check_overlaps(c.take(jnp.asarray([0]))) is not None
+    with pytest.raises(jc.errors.InvalidArgumentError) as e:
+        find_overlaps(c, min_distance=0.0)
+    assert e.value.argument == "min_distance"

@@ -200,6 +200,30 @@ def test_read_errors_name_the_file(tmp_path):
         io.read(nan)
 
 
+def test_connect_db_rejects_unusable_paths_before_creating_anything(tmp_path):
+    c = io.from_ase(bulk("Si", "diamond", a=5.43))
+    missing = tmp_path / "nonexistent" / "dir" / "out.db"
+    with pytest.raises(jc.StructureFileError, match=r"out\.db: directory .*dir does not exist"):
+        io.connect_db(missing)
+    with pytest.raises(jc.StructureFileError, match=r"out\.db: directory .* does not exist"):
+        io.write_db(missing, c)
+    assert not (tmp_path / "nonexistent").exists()
+    with pytest.raises(jc.StructureFileError, match="is a directory") as e:
+        io.connect_db(tmp_path)
+    assert e.value.path == str(tmp_path) and "\n" not in str(e.value)
+    with pytest.raises(jc.StructureFileError, match="is a directory"):
+        io.read_db(tmp_path)
+    with pytest.raises(jc.StructureFileError, match="cannot open as a database"):
+        io.connect_db(tmp_path / "out")  # ASE takes the type from the extension
+    text = tmp_path / "notes.db"
+    text.write_text("not a database\n")
+    with pytest.raises(jc.StructureFileError, match=r"notes\.db: exists and is not an SQLite"):
+        io.write_db(text, c)
+    assert text.read_text() == "not a database\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
+    io.connect_db(tmp_path / "fresh.db")  # a new file in a writable directory is fine
+
+
 def test_from_ase_rejects_non_periodic_and_dummy_atoms():
     mol = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=[5, 5, 5], pbc=[True, True, False])
     with pytest.raises(jc.InvalidStructureError, match="structure 1, field 'pbc'"):

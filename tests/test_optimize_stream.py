@@ -61,7 +61,7 @@ def test_bad_structures_become_failure_rows(tmp_path):
     nan = images[0].copy()
     nan.positions[0, 0] = np.nan
     overlap = images[1].copy()
-    overlap.positions[1] = overlap.positions[0] + 1e-3  # LJ forces ~1e38 eV/Å: beyond f_upper
+    overlap.positions[1] = overlap.positions[0] + 1e-3  # 0.0017 Å apart: rejected, not relaxed
     singular = Atoms(
         "Ar2", positions=[[0, 0, 0], [1, 1, 1]], cell=[[3, 0, 0], [0, 3, 0], [3, 3, 0]], pbc=True
     )
@@ -72,20 +72,71 @@ def test_bad_structures_become_failure_rows(tmp_path):
     assert sorted(rows) == list(range(len(source)))
     assert summary.written == len(source)
     assert rows[6].status == "invalid" and "field 'frac'" in rows[6].error
-    assert rows[7].status == "invalid"  # non-finite / > f_upper at the start
+    assert rows[7].status == "invalid" and rows[7].steps == 0 and rows[7].force_calls == 0
+    assert "input 7, structure 0, field 'frac': atoms 0 and 1 are 0.002 Å apart" in rows[7].error
     assert rows[8].status == "invalid" and "singular" in rows[8].error
     assert all(rows[i].status == "converged" for i in range(6))
-    sw = relax_stream(
-        [Atoms("C2", positions=[[0, 0, 0], [1, 1, 1]], cell=np.eye(3) * 4, pbc=True)],
-        potentials.stillinger_weber(),
-        db=tmp_path / "c.db",
-        progress=False,
-    )
-    assert sw.statuses == {"invalid": 1}
-    assert (
-        "does not cover" in _rows(tmp_path / "c.db")[0].error
-        or "C" in _rows(tmp_path / "c.db")[0].error
-    )
+
+
+def test_uncovered_element_raises_before_any_row_or_compile(tmp_path):
+    """An element the potential lacks is a set-up mistake: it fails up front, naming the input,
+    the element and what the potential covers, instead of ending as an 'invalid' row."""
+    si = Atoms("Si2", positions=[[0, 0, 0], [1.4, 1.4, 1.4]], cell=np.eye(3) * 5.6, pbc=True)
+    carbon = Atoms("C2", positions=[[0, 0, 0], [1, 1, 1]], cell=np.eye(3) * 4, pbc=True)
+    before = _run._cache_size() + _init._cache_size()
+    for ids, index in ((None, 1), ([7, 3], 3)):
+        db = tmp_path / f"c{index}.db"
+        with pytest.raises(jc.InvalidStructureError) as e:
+            relax_stream(
+                [si, carbon], potentials.stillinger_weber(), db=db, input_ids=ids, progress=False
+            )
+        assert e.value.index == index and e.value.field == "species"
+        assert f"structure {index}, field 'species': element C (Z=6) at atom 0" in str(e.value)
+        assert "(covers Si)" in str(e.value)
+        assert not db.exists() or _rows(db) == []
+    assert _run._cache_size() + _init._cache_size() == before
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument, match",
+    [
+        ({"fmax": -1.0}, "fmax", r"fmax must be a positive finite number \(eV/Å\), got -1\.0"),
+        ({"fmax": float("nan")}, "fmax", "got nan"),
+        ({"max_steps": 0}, "max_steps", "max_steps must be an integer >= 1, got 0"),
+        ({"max_atoms": 0}, "max_atoms", "max_atoms must be an integer >= 1"),
+        ({"refill_every": 0}, "refill_every", "refill_every must be an integer >= 1"),
+        ({"pressure": float("inf")}, "pressure", "pressure must be a finite number"),
+    ],
+)
+def test_bad_arguments_raise_before_anything_is_read_or_written(tmp_path, kwargs, argument, match):
+    pot = potentials.lennard_jones(**LJ)
+    with pytest.raises(jc.errors.InvalidArgumentError, match=match) as e:
+        relax_stream(tmp_path / "missing.extxyz", pot, db=tmp_path / "x.db", **kwargs)
+    assert e.value.argument == argument and isinstance(e.value, ValueError)
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_relax_reports_overlapping_atoms_invalid_without_moving_them():
+    images = _small_lj(16)
+    images[1] = images[1].copy()
+    images[1].positions[1] = images[1].positions[0]
+    pot = potentials.lennard_jones(**LJ)
+    c = jc.io.from_ase(images)
+    res = relax(c, pot, fmax=0.01)  # same shapes as the batched reference above: no new compile
+    names = res.status_names
+    assert names[1] == "invalid" and int(res.steps[1]) == 0
+    assert all(n == "converged" for i, n in enumerate(names) if i != 1)
+    np.testing.assert_array_equal(np.asarray(res.crystals.frac[1]), np.asarray(c.frac[1]))
+    for kwargs, argument in (
+        ({"fmax": 0.0}, "fmax"),
+        ({"max_steps": 1.5}, "max_steps"),
+        ({"chunk": 0}, "chunk"),
+        ({"min_batch": -1}, "min_batch"),
+        ({"symmetric": True, "symprec": -1e-4}, "symprec"),
+    ):
+        with pytest.raises(jc.errors.InvalidArgumentError) as e:
+            relax(c, pot, **kwargs)
+        assert e.value.argument == argument
 
 
 SCRIPT = textwrap.dedent(

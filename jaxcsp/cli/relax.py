@@ -77,10 +77,26 @@ def make_potential(spec: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from ase.units import GPa
 
+    from jaxcsp.errors import check_real
+    from jaxcsp.io import connect_db
     from jaxcsp.optimize import relax_stream
+    from jaxcsp.optimize._relax import _check_args
 
+    # bad options and an unusable output fail on one line before a potential is even built
+    _check_args(
+        args.method,
+        "frechet" if args.cell else None,
+        fmax=args.fmax,
+        max_steps=args.max_steps,
+        max_atoms=args.max_atoms,
+        refill_every=args.refill_every,
+    )
+    check_real("pressure", args.pressure, positive=False, unit="GPa")
+    connect_db(args.output)
     pot = make_potential(args.potential)
     summary = relax_stream(
         args.input,
@@ -95,6 +111,14 @@ def run(args: argparse.Namespace) -> int:
         refill_every=args.refill_every,
         progress=not args.quiet,
     )
+    invalid = summary.statuses.get("invalid", 0)
+    if invalid:
+        print(
+            f"jaxcsp relax: warning: {invalid} input(s) ended 'invalid' and were not relaxed "
+            "(bad structure, e.g. overlapping atoms, or non-finite forces at the start); "
+            f"see the 'error' key of their rows in {args.output}",
+            file=sys.stderr,
+        )
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary.statuses.items()))
     print(
         f"{summary.written} relaxed ({statuses or 'none'}), {summary.skipped} already in "

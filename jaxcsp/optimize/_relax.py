@@ -35,7 +35,7 @@ import jax.scipy.linalg
 import numpy as np
 
 from jaxcsp.crystal import Crystals
-from jaxcsp.optimize._base import RUNNING, STATUS_NAMES, masked_fmax
+from jaxcsp.optimize._base import INVALID, RUNNING, STATUS_NAMES, masked_fmax
 from jaxcsp.optimize._bfgs import bfgs_linesearch
 from jaxcsp.optimize._fire import fire, lbfgs
 from jaxcsp.runtime import release_compiled_programs
@@ -367,13 +367,32 @@ def make_data(
     )
 
 
-def _check_args(method, cell_filter):
-    from jaxcsp.errors import JaxcspError
+def _check_args(method, cell_filter, **numbers):
+    """Host-side argument checks of the relaxation drivers (before anything is compiled).
+
+    ``numbers`` are the numeric arguments to check, by name: ``fmax`` and ``symprec`` must be
+    positive and finite, ``pressure`` finite, ``max_steps``, ``chunk``, ``refill_every`` and
+    ``max_atoms`` integers >= 1, ``min_batch`` an integer >= 0.
+
+    Raises:
+      JaxcspError: unknown method or cell filter.
+      InvalidArgumentError: a numeric argument out of its domain (``error.argument`` names it).
+    """
+    from jaxcsp.errors import JaxcspError, check_int, check_real
 
     if method not in METHODS:
         raise JaxcspError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     if cell_filter not in CELL_FILTERS:
         raise JaxcspError(f"unknown cell_filter {cell_filter!r}; choose None or 'frechet'")
+    units = {"fmax": "eV/Å", "symprec": "Å", "pressure": "eV/Å³"}
+    minimum = {"min_batch": 0}
+    for name, value in numbers.items():
+        if name in ("fmax", "symprec"):
+            check_real(name, value, unit=units[name])
+        elif name == "pressure":
+            check_real(name, value, positive=False, unit=units[name])
+        else:
+            check_int(name, value, minimum=minimum.get(name, 1))
 
 
 def _bucket(n_running: int, min_batch: int) -> int:
@@ -401,8 +420,13 @@ def drive(
     neighbor_method: str,
     progress: bool = False,
     min_batch: int = 32,
+    invalid: Any = None,
 ):
     """Run an optimizer from ``x0`` until every structure stops (host loop over jitted chunks).
+
+    ``invalid`` (optional ``(B,)`` bool, host side) marks structures rejected before the run
+    (e.g. overlapping atoms): they get status ``INVALID`` after the first evaluation and never
+    move.
 
     Neighbor-list shapes are chosen from ``crystals`` (the starting structures). A step whose
     neighbor list overflows is discarded inside the jitted chunk, which stops at the last good
@@ -428,6 +452,10 @@ def drive(
         growth *= 2.0
         spec = _spec_for(potential, crystals, method=neighbor_method, growth=growth)
         state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
+    if invalid is not None and np.any(invalid):
+        status = np.asarray(state.status)
+        status = np.where(np.asarray(invalid, bool), INVALID, status).astype(status.dtype)
+        state = state._replace(status=jnp.asarray(status))
     total = int(x0.shape[0])
     full = state  # every structure; rows of ``idx`` live in the working batch ``state``
     idx = None
@@ -538,16 +566,32 @@ def relax(
       **options: optimizer hyperparameters (e.g. ``maxstep``, ``c1``, ``dt``).
 
     Returns:
-      :class:`RelaxResult`, one row per input structure.
+      :class:`RelaxResult`, one row per input structure. Structures with two atoms closer
+      than :data:`jaxcsp.crystal.MIN_DISTANCE` (0.1 Å, periodic images included; see
+      :func:`jaxcsp.crystal.find_overlaps`) are not relaxed: their status is ``"invalid"``, as
+      for a non-finite energy or force at the start.
 
     Raises:
       InvalidStructureError: an element the potential does not cover (naming the structure).
+      InvalidArgumentError: ``fmax``/``symprec`` not positive and finite, ``pressure`` not
+        finite, ``max_steps``/``chunk`` not an integer >= 1, ``min_batch`` negative.
       JaxcspError: unknown method or cell filter.
     """
+    from jaxcsp.crystal import find_overlaps
     from jaxcsp.potentials import check_species
 
-    _check_args(method, cell_filter)
+    _check_args(
+        method,
+        cell_filter,
+        fmax=fmax,
+        max_steps=max_steps,
+        pressure=pressure,
+        chunk=chunk,
+        min_batch=min_batch,
+        **({"symprec": symprec} if symmetric else {}),
+    )
     check_species(potential, crystals)
+    overlapping = np.array([e is not None for e in find_overlaps(crystals)], bool)
     data = make_data(crystals, pressure=pressure, symmetric=symmetric, symprec=symprec)
     x0, row_mask = initial_dofs(crystals, cell_filter)
     state = drive(
@@ -565,6 +609,7 @@ def relax(
         neighbor_method=neighbor_method,
         progress=progress,
         min_batch=min_batch,
+        invalid=overlapping,
     )
     return result_from_state(
         state, crystals_from_dofs(state.x, data, cell_filter), potential, neighbor_method

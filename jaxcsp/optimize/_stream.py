@@ -13,8 +13,10 @@ The scheduler of the seed's Algorithm 3 (Zhao et al., SI "Continuous scheduling"
   structure, energy/forces/stress (ASE ``SinglePointCalculator``) and key-value pairs
   ``input_id``, ``input_hash``, ``status``, ``converged``, ``steps``, ``force_calls``,
   ``max_force``, ``n_atoms``, ``energy_per_atom``. Inputs that cannot even be loaded (NaN
-  coordinates, singular cells, unsupported elements) get a row with ``status="invalid"`` and an
-  ``error`` message.
+  coordinates, singular cells, atoms closer than 0.1 Å) get a row with ``status="invalid"``
+  and an ``error`` message, and are not relaxed. An element the potential does not cover, in
+  any input, and out-of-range arguments (``fmax <= 0``, ...) raise before anything is written
+  or compiled.
 * Rerunning with the same source and database resumes: inputs whose ``input_id`` is already in
   the database are skipped (and their ``input_hash`` must match, so a different source is not
   silently mixed in). A kill loses only the in-flight structures' progress, never a row, and
@@ -145,13 +147,22 @@ class _Work:
     digest: str
 
 
-def _prepare(images: list, potential, done: dict[int, str], db) -> tuple[list[_Work], int, int]:
-    """Validate inputs one by one; write rows for invalid ones; return the remaining work."""
-    from jaxcsp.io import from_ase
-    from jaxcsp.potentials import check_species
+def _prepare(
+    images: list, potential, done: dict[int, str], db, ids: list[int], extra: dict[int, dict]
+) -> tuple[list[_Work], int, int]:
+    """Validate inputs one by one; write rows for invalid ones; return the remaining work.
 
+    An element the potential does not cover, in any input, is a set-up mistake: it raises
+    before any row is written. Overlapping atoms, NaN coordinates or a singular cell make
+    only that input's row ``invalid``.
+    """
+    from jaxcsp.crystal import check_overlaps
+    from jaxcsp.io import from_ase
+    from jaxcsp.potentials import check_elements, check_species
+
+    check_elements(potential, [a.numbers for a in images], ids=ids)
     work, skipped, written = [], 0, 0
-    for i, atoms in enumerate(images):
+    for i, atoms in zip(ids, images, strict=True):
         digest = _fingerprint(atoms)
         if i in done:
             if done[i] not in (digest, digest.removeprefix("sha1:")):  # bare: older databases
@@ -164,11 +175,13 @@ def _prepare(images: list, potential, done: dict[int, str], db) -> tuple[list[_W
         try:
             c = from_ase(atoms, source=f"input {i}")
             check_species(potential, c, source=f"input {i}")
+            check_overlaps(c, source=f"input {i}")
         except InvalidStructureError as e:
             _write_row(
                 db,
                 atoms,
                 dict(
+                    extra.get(i, {}),
                     input_id=i,
                     input_hash=digest,
                     status="invalid",
@@ -229,6 +242,8 @@ def relax_stream(
     refill_every: int = 10,
     neighbor_method: str = "auto",
     progress: bool = True,
+    input_ids: Any = None,
+    key_value_pairs: dict | None = None,
     **options: Any,
 ) -> StreamSummary:
     """Relax every structure of ``source`` with continuous batching, writing rows as they finish.
@@ -244,23 +259,52 @@ def relax_stream(
       refill_every: steps between refills (and database writes).
       neighbor_method: neighbor-list backend.
       progress: show a progress bar with throughput.
+      input_ids: one non-negative ``int`` per input, the ``input_id`` its row carries and
+        resuming keys on (default ``0, 1, ...``); lets several calls share one database, as
+        the search layer's iterations do.
+      key_value_pairs: extra key-value pairs (str, bool or number) written into every row
+        of this call, e.g. ``{"method": "random", "iteration": 3}``, or a sequence of such
+        dicts, one per input.
       **options: optimizer hyperparameters.
 
     Returns:
       :class:`StreamSummary`.
 
     Raises:
-      StructureFileError: unreadable source. JaxcspError: bad arguments, or a database that
+      StructureFileError: unreadable source or unusable database path. InvalidArgumentError:
+      a numeric argument out of range (``fmax``, ``max_steps``, ``pressure``, ``max_atoms``,
+      ``refill_every``). InvalidStructureError: an input holds an element the potential does
+      not cover (``index`` = its input id). JaxcspError: bad arguments, or a database that
       holds rows of a different source.
     """
     from jaxcsp.io import connect_db
 
-    _check_args(method, cell_filter)
+    _check_args(
+        method,
+        cell_filter,
+        fmax=fmax,
+        max_steps=max_steps,
+        pressure=pressure,
+        max_atoms=max_atoms,
+        refill_every=refill_every,
+    )
     t0 = time.perf_counter()
     images = _load_source(source)
     con = connect_db(db)
     done = _done_ids(con)
-    work, skipped, written = _prepare(images, potential, done, con)
+    ids = list(range(len(images))) if input_ids is None else [int(i) for i in input_ids]
+    if len(ids) != len(images) or len(set(ids)) != len(ids) or min(ids, default=0) < 0:
+        raise JaxcspError(
+            f"input_ids must be {len(images)} distinct non-negative integers, one per input"
+        )
+    if key_value_pairs is None or isinstance(key_value_pairs, dict):
+        extra = {i: dict(key_value_pairs or {}) for i in ids}
+    else:
+        rows = list(key_value_pairs)
+        if len(rows) != len(ids):
+            raise JaxcspError(f"key_value_pairs has {len(rows)} dicts for {len(ids)} inputs")
+        extra = {i: dict(kv) for i, kv in zip(ids, rows, strict=True)}
+    work, skipped, written = _prepare(images, potential, done, con, ids, extra)
     statuses: dict[str, int] = {"invalid": written} if written else {}
     opts = tuple(sorted(options.items()))
     kw = dict(method=method, options=opts, cell_filter=cell_filter)
@@ -332,6 +376,7 @@ def relax_stream(
                         con,
                         atoms,
                         dict(
+                            extra.get(w.input_id, {}),
                             input_id=w.input_id,
                             input_hash=w.digest,
                             status=name,

@@ -114,7 +114,7 @@ def relax_wyckoff(
     from jaxcsp.symmetry import reconstruct
 
     mode = "wyckoff" if cell else "wyckoff_fixed_cell"
-    _check_args(method, None)
+    _check_args(method, None, fmax=fmax, max_steps=max_steps, pressure=pressure, chunk=chunk)
     c0 = reconstruct(wc, wrap=False)
     check_species(potential, c0)
     x0, row_mask, scale = _initial(wc, cell)

@@ -10,7 +10,7 @@
 Energies, forces and stresses of batches come from :func:`jaxcsp.calculator.calculate`.
 """
 
-from jaxcsp.potentials._base import Potential, check_species
+from jaxcsp.potentials._base import Potential, check_elements, check_species
 from jaxcsp.potentials._bridge import host_potential
 from jaxcsp.potentials._manybody import (
     ParameterFileError,
@@ -25,6 +25,7 @@ __all__ = [
     "ParameterFileError",
     "Potential",
     "buckingham",
+    "check_elements",
     "check_species",
     "host_potential",
     "lennard_jones",

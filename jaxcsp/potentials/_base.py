@@ -49,6 +49,7 @@ __all__ = [
     "EnergyFn",
     "Potential",
     "accumulator_dtype",
+    "check_elements",
     "check_positive",
     "check_species",
     "edge_vectors_single",
@@ -139,6 +140,19 @@ def species_table(species: Sequence[int]) -> np.ndarray:
     return table
 
 
+def _not_covered(potential: Potential, z: int, atom: int, index: int, source: str | None):
+    from jaxcsp.elements import chemical_symbols
+
+    covered = ", ".join(chemical_symbols(potential.species))
+    return InvalidStructureError(
+        f"element {chemical_symbols([z])[0]} (Z={z}) at atom {atom} is not covered by "
+        f"potential {potential.name!r} (covers {covered})",
+        index=index,
+        field="species",
+        source=source,
+    )
+
+
 def check_species(potential: Potential, crystals: Crystals, *, source: str | None = None) -> None:
     """Raise if a (concrete, batched) crystal contains an element the potential does not cover.
 
@@ -152,8 +166,6 @@ def check_species(potential: Potential, crystals: Crystals, *, source: str | Non
     """
     if potential.species is None:
         return
-    from jaxcsp.elements import chemical_symbols
-
     species = np.asarray(crystals.species)
     if species.ndim == 1:
         species = species[None]
@@ -163,15 +175,44 @@ def check_species(potential: Potential, crystals: Crystals, *, source: str | Non
     bad = mask & ~allowed[np.clip(species, 0, NUM_Z - 1)]
     if bad.any():
         b, n = np.argwhere(bad)[0]
-        z = int(species[b, n])
-        covered = ", ".join(chemical_symbols(potential.species))
-        raise InvalidStructureError(
-            f"element {chemical_symbols([z])[0]} (Z={z}) at atom {int(n)} is not covered by "
-            f"potential {potential.name!r} (covers {covered})",
-            index=int(b),
-            field="species",
-            source=source,
-        )
+        raise _not_covered(potential, int(species[b, n]), int(n), int(b), source)
+
+
+def check_elements(
+    potential: Potential,
+    numbers: Sequence[Any],
+    *,
+    ids: Sequence[int] | None = None,
+    source: str | None = None,
+) -> None:
+    """Raise if any structure, given by its atomic numbers, holds an element the potential lacks.
+
+    The ragged, host-side form of :func:`check_species` for inputs not yet packed into a
+    ``Crystals`` batch (e.g. ``[atoms.numbers for atoms in images]``), so that a set-up mistake
+    such as NaCl with a silicon potential fails before anything is validated or compiled.
+    Numbers outside ``1..118`` are left to structure validation.
+
+    Args:
+      potential: the potential (``species=None`` covers every element).
+      numbers: one sequence of atomic numbers ``(n_atoms,)`` per structure.
+      ids: the index reported for each structure (default ``0, 1, ...``).
+      source: optional origin used in the message.
+
+    Raises:
+      InvalidStructureError: ``field='species'``, ``index`` = the first offending structure's id,
+        naming the element, the atom and what the potential covers.
+    """
+    if potential.species is None:
+        return
+    allowed = np.zeros(NUM_Z, dtype=bool)
+    allowed[list(potential.species)] = True
+    for k, z in enumerate(numbers):
+        z = np.asarray(z, dtype=np.int64).reshape(-1)
+        bad = (z > 0) & (z < NUM_Z) & ~allowed[np.clip(z, 0, NUM_Z - 1)]
+        if bad.any():
+            atom = int(np.argmax(bad))
+            index = k if ids is None else int(ids[k])
+            raise _not_covered(potential, int(z[atom]), atom, index, source)
 
 
 def check_positive(name: str, value: Any, *, allow_zero: bool = False, potential: str = "") -> None:

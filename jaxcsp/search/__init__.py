@@ -1,0 +1,65 @@
+"""Crystal structure search: propose, relax on an oracle, deduplicate, rank, measure.
+
+Every method is a pure ``(init, step)`` pair over a registered :class:`SearchState`
+(:class:`Method`); :func:`run` is the one host driver that relaxes each proposal on the
+:class:`Oracle` (continuous batching, cheap tiers first), writes every candidate to an ASE
+database as it finishes, deduplicates (:func:`deduplicate`), ranks by enthalpy per atom
+(:func:`rank`), computes the field's metrics (:func:`search_metrics`) and resumes a killed
+search to the same result.
+
+>>> import jaxcsp as jc
+>>> m = jc.search.random_search(batch_size=4)
+>>> m.name
+'random'
+"""
+
+from jaxcsp.search._base import (
+    Evaluation,
+    InvalidSearchError,
+    Method,
+    Oracle,
+    Proposal,
+    SearchState,
+    Tier,
+    record,
+)
+
+# --- deduplication (jaxcsp.search._dedup) ---
+from jaxcsp.search._dedup import (
+    DedupInfo,
+    deduplicate,
+    default_fingerprint_tol,
+    fingerprints,
+    prefilter_pairs,
+)
+from jaxcsp.search._driver import SearchResult, check_setup, evaluate, run
+from jaxcsp.search._metrics import best_vs_calls, rank, search_metrics
+from jaxcsp.search._plot import plot_search
+from jaxcsp.search._random import random_search
+
+# --- end deduplication ---
+
+__all__ = [
+    "DedupInfo",
+    "Evaluation",
+    "InvalidSearchError",
+    "Method",
+    "Oracle",
+    "Proposal",
+    "SearchResult",
+    "SearchState",
+    "Tier",
+    "best_vs_calls",
+    "check_setup",
+    "deduplicate",
+    "default_fingerprint_tol",
+    "evaluate",
+    "fingerprints",
+    "plot_search",
+    "prefilter_pairs",
+    "random_search",
+    "rank",
+    "record",
+    "run",
+    "search_metrics",
+]

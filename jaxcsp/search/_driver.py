@@ -1,0 +1,618 @@
+"""The host driver of every search: evaluate proposals on the oracle, store, deduplicate, resume.
+
+:func:`run` is the loop ``init → (evaluate → step)*`` of :mod:`jaxcsp.search._base` with:
+
+* **Relaxation** of each proposal through :func:`jaxcsp.optimize.relax_stream` (continuous
+  batching), after the oracle's cheap tiers (batched :func:`jaxcsp.optimize.relax`).
+* **Storage**: every evaluated candidate becomes one ASE-database row as it finishes, keyed by
+  its global candidate id (``input_id``), with key-value pairs ``method``, ``iteration``,
+  ``energy_per_atom``, ``enthalpy_per_atom``, ``oracle_calls``, ``<tier>_calls``, ``status``
+  and, once the iteration is complete, ``unique``, ``duplicate_of`` and ``matches_reference``.
+* **Resuming**: the database is the source of truth. A rerun replays the method: candidates of
+  iteration ``t`` are re-proposed (deterministically, from the seed), the ones already in the
+  database are read back instead of relaxed, and the evaluation handed to ``step`` is always
+  the one read from the database, so a killed and resumed search ends with the same archive,
+  ranking and metrics as an uninterrupted one. The run's settings are stored in the
+  database's metadata and a rerun with different settings is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcsp.crystal import Crystals
+from jaxcsp.errors import InvalidStructureError, JaxcspError
+from jaxcsp.search._base import (
+    STATUS_CODES,
+    Evaluation,
+    InvalidSearchError,
+    Method,
+    Oracle,
+    Proposal,
+    SearchState,
+    record,
+)
+
+__all__ = ["SearchResult", "check_setup", "evaluate", "run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """What :func:`run` returns.
+
+    Attributes:
+      state: the final :class:`SearchState` (its ``archive`` holds every candidate).
+      labels: ``(P,) int64`` deduplication labels over the archive (index of the group's first
+        member; invalid candidates are their own label).
+      matches_reference: ``(P,) bool`` or ``None`` without a reference.
+      reference_energy: the reference's relaxed enthalpy per atom (eV/atom), or ``None``.
+      ranking: :func:`jaxcsp.search.rank` rows (distinct structures, lowest first).
+      metrics: :func:`jaxcsp.search.search_metrics` plus ``wall_s`` and ``iterations``.
+      db: the database path.
+    """
+
+    state: SearchState
+    labels: np.ndarray
+    matches_reference: np.ndarray | None
+    reference_energy: float | None
+    ranking: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    db: str
+
+
+def check_setup(composition: Any, potential: Any) -> tuple[tuple[str, int], ...]:
+    """Parse and check a search's composition against the potential, before any compute.
+
+    Args:
+      composition: ``"Si8"`` or ``{"Na": 4, "Cl": 4}`` (unit-cell counts).
+      potential: the oracle's potential (its ``species``, when not ``None``, must cover every
+        element).
+
+    Returns:
+      the composition as ``(("Si", 8),)``.
+
+    Raises:
+      InvalidSearchError: ``field="composition"`` for an unparsable composition, an unknown
+        element, a count that is not a positive integer, or a composition no space group can
+        hold; ``field="potential"`` for an element the potential does not cover.
+    """
+    from jaxcsp.elements import atomic_numbers, chemical_symbols
+    from jaxcsp.symmetry import compatible_space_groups
+    from jaxcsp.symmetry._wpc import parse_composition
+
+    try:
+        comp = tuple(parse_composition(composition))
+        zs = atomic_numbers([el for el, _ in comp])
+    except InvalidStructureError as e:
+        raise InvalidSearchError(e.reason, field="composition") from None
+    covered = getattr(potential, "species", None)
+    if covered is not None:
+        missing = [el for el, z in zip((e for e, _ in comp), zs, strict=True) if z not in covered]
+        if missing:
+            raise InvalidSearchError(
+                f"potential {getattr(potential, 'name', '?')!r} does not cover "
+                f"{', '.join(missing)} (covers {', '.join(chemical_symbols(covered))})",
+                field="potential",
+            )
+    if not compatible_space_groups(dict(comp)):
+        text = "".join(f"{e}{n}" for e, n in comp)
+        raise InvalidSearchError(
+            f"no space group can hold {text} (no Wyckoff-position combination)",
+            field="composition",
+        )
+    return comp
+
+
+def _read_rows(con, ids: np.ndarray) -> dict[int, Any]:
+    lo, hi = int(ids.min()), int(ids.max())
+    return {int(r.input_id): r for r in con.select(f"input_id>={lo},input_id<={hi}")}
+
+
+def _evaluation_from_rows(
+    rows: Mapping[int, Any],
+    ids: np.ndarray,
+    proposal: Proposal,
+    iteration: int,
+    pressure: float,
+    tier_names: list[str],
+) -> Evaluation:
+    from jaxcsp.io import from_ase
+
+    n = proposal.crystals.lattice.shape[1]
+    dtype = proposal.crystals.lattice.dtype
+    atoms, energy, status, calls, tiers = [], [], [], [], []
+    for k, i in enumerate(ids):
+        r = rows[int(i)]
+        a = r.toatoms()
+        atoms.append(a)
+        e = r.get("energy")
+        ok = e is not None and r.get("status") in ("converged", "max_steps")
+        energy.append(float(e) if ok else np.nan)
+        status.append(STATUS_CODES.get(str(r.get("status")), STATUS_CODES["invalid"]))
+        calls.append(int(r.get("force_calls", 0)))
+        tiers.append([int(r.get(f"{t}_calls", 0)) for t in tier_names])
+        del k
+    try:
+        relaxed = from_ase(atoms, dtype=dtype, max_atoms=n, source="search database")
+    except InvalidStructureError:  # an invalid row may hold an unloadable structure
+        relaxed = proposal.crystals
+    energy_a = np.asarray(energy, np.float64)
+    vol = np.abs(np.linalg.det(np.asarray(relaxed.lattice, np.float64)))
+    n_atoms = np.asarray(relaxed.mask).sum(axis=1)
+    return Evaluation(
+        ids=jnp.asarray(ids, jnp.int64 if jax.config.jax_enable_x64 else jnp.int32),
+        iteration=jnp.full(len(ids), iteration, jnp.int32),
+        crystals=relaxed,
+        energy=jnp.asarray(energy_a),
+        enthalpy_per_atom=jnp.asarray((energy_a + pressure * vol) / n_atoms),
+        status=jnp.asarray(status, jnp.int32),
+        oracle_calls=jnp.asarray(calls),
+        tier_calls=jnp.asarray(np.asarray(tiers, np.int64).reshape(len(ids), len(tier_names))),
+    )
+
+
+def evaluate(
+    proposal: Proposal,
+    oracle: Oracle,
+    *,
+    db: str | os.PathLike,
+    first_id: int,
+    iteration: int = 0,
+    method: str = "",
+    fmax: float = 0.01,
+    cell_filter: str | None = "frechet",
+    pressure: float = 0.0,
+    max_steps: int = 1000,
+    optimizer: str = "bfgs_linesearch",
+    max_atoms: int = 2048,
+) -> Evaluation:
+    """Relax a proposal on the oracle (after its cheap tiers) into the database; resume-safe.
+
+    Candidates whose ids are already in ``db`` are read back, not relaxed again; the returned
+    evaluation is always built from the database rows.
+
+    Args:
+      proposal: ``P`` candidates.
+      oracle: the :class:`Oracle`.
+      db: ASE database path or URL.
+      first_id: global id of the first candidate (ids are ``first_id .. first_id + P - 1``).
+      iteration: the iteration number written into each row.
+      method: the method name written into each row.
+      fmax: oracle force threshold, eV/Å.
+      cell_filter: ``"frechet"`` (variable cell, the default) or ``None``.
+      pressure: eV/Å³ (enthalpy ``E + pV`` with the cell filter).
+      max_steps: step cap per relaxation.
+      optimizer: ``"bfgs_linesearch"``, ``"fire"`` or ``"lbfgs"``.
+      max_atoms: atom cap per relaxation batch.
+
+    Returns:
+      :class:`Evaluation` with ``P`` entries in id order.
+    """
+    from jaxcsp.io import connect_db, to_ase
+    from jaxcsp.optimize import relax, relax_stream
+
+    if not proposal.relax:
+        return _single_points(
+            proposal,
+            oracle,
+            db=db,
+            first_id=first_id,
+            iteration=iteration,
+            method=method,
+            pressure=pressure,
+        )
+    ids = np.arange(first_id, first_id + proposal.size, dtype=np.int64)
+    con = connect_db(db)
+    rows = _read_rows(con, ids)
+    tier_names = [t.name for t in oracle.tiers]
+    if len(rows) < len(ids):
+        c = proposal.crystals
+        tier_calls = np.zeros((proposal.size, len(oracle.tiers)), np.int64)
+        for k, tier in enumerate(oracle.tiers):
+            res = relax(
+                c,
+                tier.potential,
+                fmax=tier.fmax,
+                max_steps=tier.max_steps,
+                cell_filter=cell_filter,
+                pressure=pressure,
+                method=optimizer,
+            )
+            tier_calls[:, k] = np.asarray(res.force_calls)
+            status = np.asarray(res.status)
+            keep = (status == STATUS_CODES["converged"]) | (status == STATUS_CODES["max_steps"])
+            # a candidate the cheap tier could not handle goes to the oracle as it was
+            c = jax.tree.map(
+                lambda a, b, keep=keep: jnp.where(keep.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
+                res.crystals,
+                c,
+            )
+        kvp = [
+            dict(
+                method=method,
+                iteration=int(iteration),
+                **{f"{t}_calls": int(tier_calls[j, k]) for k, t in enumerate(tier_names)},
+            )
+            for j in range(proposal.size)
+        ]
+        relax_stream(
+            to_ase(c),
+            oracle.potential,
+            db=db,
+            input_ids=ids,
+            key_value_pairs=kvp,
+            max_atoms=max_atoms,
+            method=optimizer,
+            fmax=fmax,
+            cell_filter=cell_filter,
+            max_steps=max_steps,
+            pressure=pressure,
+            progress=False,
+        )
+        rows = _read_rows(con, ids)
+    return _evaluation_from_rows(rows, ids, proposal, iteration, pressure, tier_names)
+
+
+def _single_points(proposal, oracle, *, db, first_id, iteration, method, pressure):
+    """Single-point oracle labels of a proposal (no relaxation), one row each; resume-safe."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from jaxcsp.calculator import calculate
+    from jaxcsp.io import connect_db, to_ase
+    from jaxcsp.optimize._stream import _fingerprint
+
+    ids = np.arange(first_id, first_id + proposal.size, dtype=np.int64)
+    con = connect_db(db)
+    rows = _read_rows(con, ids)
+    if len(rows) < len(ids):
+        res = calculate(oracle.potential, proposal.crystals)
+        e, f, s = (np.asarray(x) for x in (res.energy, res.forces, res.stress))
+        for k, atoms in enumerate(to_ase(proposal.crystals)):
+            if int(ids[k]) in rows:
+                continue
+            n = len(atoms)
+            good = bool(np.isfinite(e[k]))
+            atoms.calc = (
+                SinglePointCalculator(
+                    atoms,
+                    energy=float(e[k]),
+                    forces=f[k][:n],
+                    stress=s[k][[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]],
+                )
+                if good
+                else None
+            )
+            con.write(
+                atoms,
+                key_value_pairs=dict(
+                    input_id=int(ids[k]),
+                    input_hash=_fingerprint(atoms),
+                    method=method,
+                    iteration=int(iteration),
+                    status="converged" if good else "exploded",
+                    converged=good,
+                    steps=0,
+                    force_calls=1,
+                    n_atoms=n,
+                    energy_per_atom=float(e[k]) / n if good else 0.0,
+                ),
+            )
+        rows = _read_rows(con, ids)
+    return _evaluation_from_rows(rows, ids, proposal, iteration, pressure, [])
+
+
+def _labels(archive: Evaluation, ltol: float, stol: float, angle_tol: float) -> np.ndarray:
+    from jaxcsp.search._dedup import deduplicate
+
+    ok = archive.ok
+    labels = np.arange(archive.size, dtype=np.int64)
+    idx = np.flatnonzero(ok)
+    if len(idx):
+        sub = deduplicate(
+            archive.crystals.take(np.asarray(idx)), ltol=ltol, stol=stol, angle_tol=angle_tol
+        )
+        labels[idx] = idx[np.asarray(sub)]
+    return labels
+
+
+def _reference(reference: Any, oracle: Oracle, *, fmax, cell_filter, pressure, max_steps):
+    """The reference as a batch of one, relaxed on the oracle potential (not counted)."""
+    from jaxcsp.io import from_ase, read
+    from jaxcsp.optimize import relax
+
+    if isinstance(reference, (str, os.PathLike)):
+        ref = read(reference)
+    elif isinstance(reference, Crystals):
+        ref = reference
+    else:
+        ref = from_ase([reference], source="reference")
+    ref = ref.take(np.asarray([0]))
+    res = relax(
+        ref,
+        oracle.potential,
+        fmax=fmax,
+        cell_filter=cell_filter,
+        pressure=pressure,
+        max_steps=max_steps,
+    )
+    n = int(np.asarray(ref.mask).sum())
+    vol = abs(float(np.linalg.det(np.asarray(res.crystals.lattice[0], np.float64))))
+    return ref, (float(res.energy[0]) + pressure * vol) / n
+
+
+def _match(reference_structure, crystals: Crystals, ltol, stol, angle_tol) -> bool:
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from jaxcsp.io import to_pymatgen
+
+    sm = StructureMatcher(ltol=ltol, stol=stol, angle_tol=angle_tol)
+    return bool(sm.fit(reference_structure, to_pymatgen(crystals)[0]))
+
+
+def _settings_key(settings: dict) -> str:
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def run(
+    method: Method,
+    composition: Any,
+    oracle: Oracle | Any,
+    *,
+    db: str | os.PathLike,
+    seed: int = 0,
+    max_iterations: int | None = None,
+    fmax: float = 0.01,
+    cell_filter: str | None = "frechet",
+    pressure: float = 0.0,
+    max_steps: int = 1000,
+    optimizer: str = "bfgs_linesearch",
+    reference: Any = None,
+    ltol: float = 0.2,
+    stol: float = 0.3,
+    angle_tol: float = 5.0,
+    window: float = 0.1,
+    max_atoms: int = 2048,
+    progress: bool = True,
+) -> SearchResult:
+    """Run a search method on a composition with an oracle, into an ASE database; resumable.
+
+    Args:
+      method: a :class:`Method` (e.g. :func:`jaxcsp.search.random_search`).
+      composition: unit-cell composition, ``"Si8"`` or ``{"Na": 4, "Cl": 4}``.
+      oracle: an :class:`Oracle`, or a bare ``Potential`` (an oracle without budget or tiers).
+      db: ASE database path or URL; rows are written as candidates finish; rerunning the same
+        call resumes and ends with the same result.
+      seed: integer seed of the search's ``jax.random`` key.
+      max_iterations: stop after this many iterations (``None``: only the budget stops it;
+        one of the two is required).
+      fmax: oracle force threshold, eV/Å.
+      cell_filter: ``"frechet"`` (variable cell, the default) or ``None`` (fixed cell).
+      pressure: eV/Å³; candidates are ranked by enthalpy per atom ``(E + pV)/n``.
+      max_steps: step cap per relaxation.
+      optimizer: ``"bfgs_linesearch"``, ``"fire"`` or ``"lbfgs"``.
+      reference: known ground truth (a structure file, ``Crystals`` or ``ase.Atoms``) for the
+        metrics I_M,0, N_E and N_M; relaxed on the oracle potential first (not counted).
+      ltol, stol, angle_tol: ``StructureMatcher`` tolerances for deduplication and matching.
+      window: N_low_E window, eV/atom.
+      max_atoms: atom cap per relaxation batch.
+      progress: show a progress display (rich).
+
+    Returns:
+      :class:`SearchResult`.
+
+    Raises:
+      InvalidSearchError: bad composition, uncovered element, no compatible space group, a
+        budget or ``max_iterations`` below one, neither given, or a non-positive ``fmax`` —
+        all before any compute. JaxcspError: a database that holds another search.
+    """
+    from jaxcsp.io import connect_db
+
+    if not isinstance(oracle, Oracle):
+        oracle = Oracle(oracle)
+    comp = check_setup(composition, oracle.potential)
+    for t in oracle.tiers:
+        check_setup(dict(comp), t.potential)
+    if max_iterations is not None and (
+        isinstance(max_iterations, bool)
+        or int(max_iterations) != max_iterations
+        or max_iterations < 1
+    ):
+        raise InvalidSearchError(
+            f"must be a positive integer, got {max_iterations!r}", field="max_iterations"
+        )
+    if max_iterations is None and oracle.budget is None:
+        raise InvalidSearchError(
+            "give an oracle budget or max_iterations (the search would never stop)",
+            field="budget",
+        )
+    if not (np.isfinite(fmax) and fmax > 0):
+        raise InvalidSearchError(f"must be a positive number (eV/Å), got {fmax!r}", field="fmax")
+    if cell_filter not in (None, "frechet"):
+        raise InvalidSearchError(
+            f"must be 'frechet' or None, got {cell_filter!r}", field="cell_filter"
+        )
+    t0 = time.perf_counter()
+    con = connect_db(db)
+    settings = dict(
+        method=method.name,
+        config=dict(method.config),
+        composition=[list(x) for x in comp],
+        seed=int(seed),
+        oracle=oracle.name,
+        tiers=[
+            [t.name, getattr(t.potential, "name", "?"), t.fmax, t.max_steps] for t in oracle.tiers
+        ],
+        fmax=float(fmax),
+        cell_filter=cell_filter,
+        pressure=float(pressure),
+        max_steps=int(max_steps),
+        optimizer=optimizer,
+    )
+    meta = dict(con.metadata)
+    if "search" in meta and meta["search"] != json.loads(_settings_key(settings)):
+        raise JaxcspError(
+            f"{os.fspath(db)} holds a search with other settings ({meta['search']}); "
+            "use another database to start a new search"
+        )
+    if "search" not in meta:
+        con.metadata = dict(meta, search=json.loads(_settings_key(settings)))
+
+    ref_structure = ref_energy = None
+    if reference is not None:
+        from jaxcsp.io import to_pymatgen
+
+        ref_c, ref_energy = _reference(
+            reference,
+            oracle,
+            fmax=fmax,
+            cell_filter=cell_filter,
+            pressure=pressure,
+            max_steps=max_steps,
+        )
+        ref_structure = to_pymatgen(ref_c)[0]
+
+    key = jax.random.key(int(seed))
+    state, proposal = method.init(key, comp)
+    rep_match: dict[int, bool] = {}
+    labels = np.zeros(0, np.int64)
+    matches = np.zeros(0, bool)
+    display = _Display(progress, oracle.budget, max_iterations, method.name)
+    try:
+        while True:
+            it = int(state.iteration)
+            ev = evaluate(
+                proposal,
+                oracle,
+                db=db,
+                first_id=int(state.next_id),
+                iteration=it,
+                method=method.name,
+                fmax=fmax,
+                cell_filter=cell_filter,
+                pressure=pressure,
+                max_steps=max_steps,
+                optimizer=optimizer,
+                max_atoms=max_atoms,
+            )
+            archive = ev if state.archive is None else Evaluation.concatenate([state.archive, ev])
+            new_labels = _labels(archive, ltol, stol, angle_tol)
+            if ref_structure is not None:
+                reps = np.unique(new_labels[archive.ok])
+                for r in reps:
+                    if int(r) not in rep_match:
+                        rep_match[int(r)] = _match(
+                            ref_structure,
+                            archive.crystals.take(np.asarray([r])),
+                            ltol,
+                            stol,
+                            angle_tol,
+                        )
+                matches = np.asarray(
+                    [
+                        archive.ok[k] and rep_match.get(int(new_labels[k]), False)
+                        for k in range(archive.size)
+                    ],
+                    bool,
+                )
+            _annotate(
+                con,
+                archive,
+                new_labels,
+                matches if ref_structure is not None else None,
+                start=len(labels),
+            )
+            labels = new_labels
+            done_calls = int(state.oracle_calls) + int(np.asarray(ev.oracle_calls).sum())
+            display.update(it + 1, done_calls, archive)
+            stop = (max_iterations is not None and it + 1 >= max_iterations) or (
+                oracle.budget is not None and done_calls >= oracle.budget
+            )
+            if stop:
+                state = record(state, ev)
+                break
+            state, proposal = method.step(state, ev)
+    finally:
+        display.close()
+
+    from jaxcsp.search._metrics import rank, search_metrics
+
+    archive = state.archive
+    assert archive is not None
+    mref = matches if ref_structure is not None else None
+    metrics = search_metrics(
+        archive, labels, matches_reference=mref, reference_energy=ref_energy, window=window
+    )
+    metrics["iterations"] = int(state.iteration)
+    metrics["wall_s"] = time.perf_counter() - t0
+    ranking = rank(archive, labels, matches_reference=mref)
+    return SearchResult(state, labels, mref, ref_energy, ranking, metrics, os.fspath(db))
+
+
+def _annotate(con, archive: Evaluation, labels, matches, *, start: int) -> None:
+    """Write ``oracle_calls``, ``unique``, ``duplicate_of``, ``matches_reference`` and
+    ``enthalpy_per_atom`` into the rows of archive entries ``start..`` (earlier entries'
+    labels never change: deduplication is greedy in id order)."""
+    ids = np.asarray(archive.ids)
+    rows = _read_rows(con, ids[start:]) if archive.size > start else {}
+    h = np.asarray(archive.enthalpy_per_atom)
+    for k in range(start, archive.size):
+        r = rows[int(ids[k])]
+        kv = dict(
+            oracle_calls=int(np.asarray(archive.oracle_calls)[k]),
+            unique=bool(archive.ok[k] and labels[k] == k),
+            duplicate_of=int(ids[labels[k]]),
+        )
+        if np.isfinite(h[k]):
+            kv["enthalpy_per_atom"] = float(h[k])
+        if matches is not None:
+            kv["matches_reference"] = bool(matches[k])
+        con.update(r.id, **kv)
+
+
+class _Display:
+    """A rich progress display: oracle calls against the budget (or iterations), best energy."""
+
+    def __init__(self, enabled: bool, budget, max_iterations, name: str):
+        self.progress = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self.by_calls = budget is not None
+        total = budget if self.by_calls else max_iterations
+        self.progress = Progress(
+            "[bold]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            "{task.fields[info]}",
+            TimeElapsedColumn(),
+            transient=False,
+        )
+        self.progress.start()
+        unit = "oracle calls" if self.by_calls else "iterations"
+        self.task = self.progress.add_task(f"search ({name}, {unit})", total=total, info="")
+
+    def update(self, iterations: int, calls: int, archive: Evaluation) -> None:
+        if self.progress is None:
+            return
+        h = np.asarray(archive.enthalpy_per_atom)
+        best = np.nanmin(h) if np.isfinite(h).any() else float("nan")
+        done = calls if self.by_calls else iterations
+        self.progress.update(
+            self.task,
+            completed=min(done, self.progress.tasks[0].total or done),
+            info=f"it {iterations}  {archive.size} structures  best {best:.4f} eV/atom",
+        )
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
