@@ -1,0 +1,34 @@
+"""Search layer: set-up errors come before any compute, and name the field."""
+
+import pytest
+
+import jaxcsp as jc
+from jaxcsp.search import InvalidSearchError, Oracle, check_setup
+
+
+@pytest.mark.parametrize(
+    ("composition", "field", "text"),
+    [
+        ("Xx8", "composition", "unknown element"),
+        ({"Si": 0}, "composition", "positive integer"),
+        ("Na4Cl4", "potential", "does not cover Na, Cl"),
+    ],
+)
+def test_bad_setup_is_one_clear_error(composition, field, text):
+    with pytest.raises(InvalidSearchError) as e:
+        check_setup(composition, jc.potentials.stillinger_weber())
+    assert e.value.field == field
+    assert text in str(e.value)
+
+
+@pytest.mark.parametrize("budget", [0, -5, 1.5, True])
+def test_budget_below_one_is_refused(budget):
+    with pytest.raises(InvalidSearchError, match="budget"):
+        Oracle(jc.potentials.stillinger_weber(), budget=budget)
+
+
+def test_run_refuses_before_compute(tmp_path):
+    db = tmp_path / "s.db"
+    with pytest.raises(InvalidSearchError, match="never stop"):
+        jc.search.run(jc.search.random_search(4), "Si8", jc.potentials.stillinger_weber(), db=db)
+    assert not db.exists()
