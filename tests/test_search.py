@@ -32,3 +32,36 @@ def test_run_refuses_before_compute(tmp_path):
     with pytest.raises(InvalidSearchError, match="never stop"):
         jc.search.run(jc.search.random_search(4), "Si8", jc.potentials.stillinger_weber(), db=db)
     assert not db.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [
+        (["--budget", "0"], "budget"),
+        (["--budget", "-3"], "budget"),
+        (["--composition", "Xx8"], "unknown element"),
+        (["--composition", "Si0"], "positive integer"),
+        (["--composition", "Na4Cl4"], "does not cover Na, Cl"),
+        (["--fmax", "-1"], "fmax must be a positive finite number"),
+        (["--batch-size", "0"], "batch_size"),
+    ],
+)
+def test_cli_search_bad_input_is_one_line_before_compute(tmp_path, capsys, option, match):
+    from jaxcsp.cli import main
+
+    db = tmp_path / "s.db"
+    assert main(["search", "--db", str(db), "--quiet", *option]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jaxcsp search: error: ") and err.count("\n") == 1
+    assert match in err
+    assert not db.exists()
+
+
+def test_cli_search_unwritable_db_is_one_line(tmp_path, capsys):
+    from jaxcsp.cli import main
+
+    db = tmp_path / "no" / "such" / "dir" / "s.db"
+    assert main(["search", "--db", str(db), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jaxcsp search: error: ") and err.count("\n") == 1
+    assert "Traceback" not in err

@@ -14,13 +14,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jaxcsp.cli import convert, design, info, relax
+from jaxcsp.cli import convert, design, info, relax, search
 from jaxcsp.errors import JaxcspError
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 #: Registered subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = [info, convert, relax, design]
+SUBCOMMANDS = [info, convert, relax, search, design]
 
 _DESCRIPTION = """\
 jaxcsp: differentiable crystal structure optimization and prediction in JAX.
@@ -33,6 +33,10 @@ examples:
   jaxcsp info structures.cif              lattice, formula and space group of every structure
   jaxcsp info --json candidates.db        the same as JSON lines
   jaxcsp convert in.extxyz out.db         copy every structure to an ASE database
+  jaxcsp search --composition Si8         random search for silicon's lowest structures (SW)
+
+environment:
+  JAXCSP_JAX_CACHE=DIR                    keep compiled programs in DIR: later runs start faster
 """
 
 
@@ -77,9 +81,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    import os
+
     import jax
 
     jax.config.update("jax_enable_x64", args.precision == "64")
+    cache = os.environ.get("JAXCSP_JAX_CACHE")
+    if cache:  # reuse compiled programs across runs (the second run skips most compilation)
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     try:
         return int(args._run(args) or 0)
     except JaxcspError as e:

@@ -13,7 +13,9 @@ finishes (status, steps, force_calls, max_force, energy_per_atom, input_id). Rer
 command resumes: structures already in the database are skipped.
 
 Potentials (--potential):
-  lj[:sigma=S,epsilon=E,cutoff=R]   Lennard-Jones (Å, eV), any element
+  lj[:sigma=S,epsilon=E,cutoff=R]   Lennard-Jones (Å, eV), any element; add
+                                     cutoff_mode=truncate,tail_correction=1 for the
+                                     long-range tail
   morse[:epsilon=E,alpha=A,r0=R0,cutoff=R]
   sw                                 Stillinger-Weber silicon
   tersoff[:FILE]                     Tersoff from a LAMMPS file (default: PyXtal's Si.tersoff)
@@ -47,7 +49,10 @@ def _kv(text: str) -> dict:
     out = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
-        out[key.strip()] = float(value)
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:  # e.g. cutoff_mode=truncate
+            out[key.strip()] = value.strip()
     return out
 
 

@@ -100,7 +100,8 @@ def _dsf_self(q2: Array, alpha: Array, rc: float) -> Array:
 
 
 def _pair_energy(params: Any, crystal: Crystals, neighbors: Any, options: tuple) -> Array:
-    kind, mode, cutoff, coulomb = options
+    kind, mode, cutoff, coulomb, *rest = options
+    tail = bool(rest and rest[0])
     dtype = crystal.frac.dtype
     acc = accumulator_dtype(dtype)
     p = jax.tree.map(
@@ -129,7 +130,24 @@ def _pair_energy(params: Any, crystal: Crystals, neighbors: Any, options: tuple)
         total = total + 0.5 * jnp.sum(jnp.where(live, ec, 0.0), dtype=acc)
         e_self = _dsf_self(q * q, p["alpha"], cutoff)
         total = total + jnp.sum(jnp.where(crystal.mask, e_self, 0.0), dtype=acc)
+    if tail:
+        total = total + _lj_tail(p, crystal, types, cutoff).astype(acc)
     return total
+
+
+def _lj_tail(p: Any, crystal: Crystals, types: Array, cutoff: float) -> Array:
+    """Mean-field Lennard-Jones tail ``(2π/V) Σ_ab N_a N_b ∫_rc^∞ r² φ_ab(r) dr`` (eV).
+
+    ``∫_rc^∞ r² 4ε[(σ/r)¹² - (σ/r)⁶] dr = 4ε [σ¹²/(9 rc⁹) - σ⁶/(3 rc³)]``: the energy of the
+    pairs beyond the cutoff for a uniform density (g(r) = 1), LAMMPS ``pair_modify tail yes``.
+    """
+    sig, eps = p["pair"]["sigma"], p["pair"]["epsilon"]
+    s3 = (sig / cutoff) ** 3
+    m = 4.0 * eps * sig**3 * (s3**3 / 9.0 - s3 / 3.0)  # (T, T), Å³ eV
+    onehot = jax.nn.one_hot(types, sig.shape[-1], dtype=sig.dtype)
+    n = jnp.sum(jnp.where(crystal.mask[:, None], onehot, 0.0), axis=0)  # atoms per type
+    vol = jnp.abs(jnp.linalg.det(crystal.lattice))
+    return 2.0 * jnp.pi * (n @ m @ n) / vol
 
 
 # ---------------------------------------------------------------------- constructors
@@ -188,6 +206,7 @@ def lennard_jones(
     species: Sequence[int | str] | None = None,
     cutoff_mode: str = "shift",
     r_onset: float | None = None,
+    tail_correction: bool = False,
 ) -> Potential:
     """Lennard-Jones ``φ(r) = 4ε[(σ/r)¹² - (σ/r)⁶]`` (as jax-md's ``energy.lennard_jones``).
 
@@ -199,12 +218,18 @@ def lennard_jones(
         applies the (scalar) parameters to every element.
       cutoff_mode: ``"truncate"``, ``"shift"`` (ASE default) or ``"smooth"`` (module docstring).
       r_onset: onset of the smooth switch in Å (default ``0.66 cutoff``).
+      tail_correction: add the mean-field energy of the pairs beyond the cutoff,
+        ``(2π/V) Σ_ab N_a N_b 4ε_ab [σ¹²/(9 rc⁹) - σ⁶/(3 rc³)]`` (LAMMPS ``pair_modify tail
+        yes``); it depends on the volume only, so it adds to the stress and not to the
+        forces. Needs ``cutoff_mode="truncate"``. With it, fcc at ``rc = 6σ`` is within 1e-3 ε
+        per atom of the infinite-cutoff lattice sum (-8.610 ε; without it, -8.567 ε).
 
     Returns:
       A :class:`~jaxcsp.potentials.Potential` (energies in eV).
 
     Raises:
-      InvalidStructureError: non-positive σ, ε or cutoff, a bad mode or matrix shape.
+      InvalidStructureError: non-positive σ, ε or cutoff, a bad mode or matrix shape, a tail
+        correction without ``cutoff_mode="truncate"``.
 
     >>> p = lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=8.5)
     >>> p.cutoff, p.name
@@ -220,6 +245,12 @@ def lennard_jones(
     cutoff = 3.0 * float(sig.max()) if cutoff is None else cutoff
     check_positive("cutoff", cutoff, potential=name)
     cutoff = float(cutoff)
+    if tail_correction and cutoff_mode != "truncate":
+        raise InvalidStructureError(
+            f"{name}: tail_correction needs cutoff_mode='truncate' (the tail is the energy of "
+            f"the truncated pairs), got {cutoff_mode!r}",
+            field="tail_correction",
+        )
     params = {
         "types": jnp.asarray(table),
         "pair": {"sigma": jnp.asarray(sig), "epsilon": jnp.asarray(eps)},
@@ -227,7 +258,7 @@ def lennard_jones(
     }
     return Potential(
         _pair_energy, params, cutoff=cutoff, species=sp,
-        options=(name, cutoff_mode, cutoff, False), name=name,
+        options=(name, cutoff_mode, cutoff, False, bool(tail_correction)), name=name,
     )  # fmt: skip
 
 

@@ -1,0 +1,160 @@
+"""``jaxcsp search``: crystal structure search from a composition to ranked, distinct structures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+NAME = "search"
+HELP = "search for the lowest-energy crystal structures of a composition"
+DESCRIPTION = """\
+Search for the crystal structures of COMPOSITION with the lowest enthalpy per atom under a
+potential: a method proposes candidates, each is relaxed (variable cell, continuous batching),
+written to the ASE database as it finishes, deduplicated (pymatgen StructureMatcher) and
+ranked. The search stops once the oracle budget (energy/force evaluations) is spent, at the end
+of an iteration. Rerunning the same command resumes a killed search and ends with the same
+result; rows carry method, iteration, energy_per_atom, enthalpy_per_atom, oracle_calls, unique,
+duplicate_of and matches_reference (with --reference).
+
+Methods (--method):
+  random        random symmetric structures, uniform over the compatible space groups
+
+Potentials (--potential) as for `jaxcsp relax`: sw, tersoff, lj:sigma=S,epsilon=E,cutoff=R,
+morse:..., sevennet, chgnet.
+
+examples:
+  jaxcsp search --composition Si8 --reference jaxcsp/data/structures/si_diamond.cif --plot si8.png
+  jaxcsp search --composition Ar8 --potential lj:sigma=3.4,epsilon=0.0104,cutoff=12 --db ar8.db"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", default="random", choices=("random",), help="search method")
+    p.add_argument(
+        "--composition", default="Si8", help="unit-cell composition, e.g. Si8 or Na4Cl4 (Si8)"
+    )
+    p.add_argument("--potential", default="sw", help="energy model (default: sw)")
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=2000,
+        help="oracle budget in energy/force evaluations; the search stops at the end of the "
+        "iteration that spends it (2000)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--db", default="search.db", metavar="OUT.db", help="ASE database (search.db)")
+    p.add_argument(
+        "--reference",
+        metavar="KNOWN.cif",
+        help="known ground truth: reports I_M,0, N_E, N_M and marks matching rows",
+    )
+    p.add_argument("--pressure", type=float, default=0.0, help="pressure in GPa (0)")
+    p.add_argument("--plot", metavar="OUT.png", help="save best enthalpy vs oracle calls")
+    p.add_argument("--batch-size", type=int, default=64, help="candidates per iteration (64)")
+    p.add_argument("--max-iterations", type=int, help="stop after this many iterations")
+    p.add_argument("--fmax", type=float, default=0.01, help="force threshold, eV/Å (0.01)")
+    p.add_argument("--max-steps", type=int, default=1000, help="steps per relaxation (1000)")
+    p.add_argument("--fixed-cell", action="store_true", help="relax positions only")
+    p.add_argument("--window", type=float, default=0.1, help="N_low_E window, eV/atom (0.1)")
+    p.add_argument("--top", type=int, default=10, help="rows of the ranked table (10)")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def _table(result, top: int) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    ref = result.reference_energy is not None
+    t = Table(title=f"lowest of {len(result.ranking)} distinct structures")
+    for col in ("rank", "eV/atom", "ΔE meV/atom", "space group", "count", "found at", "id"):
+        t.add_column(col, justify="right")
+    if ref:
+        t.add_column("= reference", justify="center")
+    rows = result.ranking[:top]
+    best = rows[0]["enthalpy_per_atom"] if rows else 0.0
+    for r in rows:
+        cells = [
+            str(r["rank"]),
+            f"{r['enthalpy_per_atom']:.5f}",
+            f"{1000 * (r['enthalpy_per_atom'] - best):.1f}",
+            f"{r['symbol']} ({r['spg']})",
+            str(r["count"]),
+            f"it {r['iteration']}",
+            str(r["id"]),
+        ]
+        if ref:
+            cells.append("yes" if r["matches_reference"] else "")
+        t.add_row(*cells)
+    console = Console(record=True, width=100)
+    with console.capture() as cap:
+        console.print(t)
+    return cap.get()
+
+
+def _metrics_text(m: dict, window: float) -> str:
+    lines = [
+        f"oracle calls {m['oracle_calls']}, {m['n_evaluated']} structures "
+        f"({m['n_valid']} valid) in {m['iterations']} iterations, wall time {m['wall_s']:.1f} s",
+        f"N_unique {m['n_unique']}, N_low_E {m['n_low_e']} (within {window} eV/atom of "
+        f"{'the reference' if 'reference_energy_per_atom' in m else 'the best'}), "
+        f"best {m['best_enthalpy_per_atom']:.5f} eV/atom",
+    ]
+    if "reference_energy_per_atom" in m:
+        i_m0 = "not found" if m.get("i_m0") is None else f"iteration {m['i_m0']}"
+        lines.append(
+            f"reference {m['reference_energy_per_atom']:.5f} eV/atom: I_M,0 {i_m0}, "
+            f"N_M {m.get('n_m', 0)}, N_E {m['n_e']}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ase.units import GPa
+
+    from jaxcsp import search
+    from jaxcsp.cli.relax import make_potential
+    from jaxcsp.errors import check_int, check_real
+    from jaxcsp.io import connect_db
+
+    # every option and the output path are checked before a potential is built
+    budget = args.budget
+    if budget is None or isinstance(budget, bool) or budget < 1:
+        raise search.InvalidSearchError(
+            f"must be a positive number of oracle calls, got {budget!r}", field="budget"
+        )
+    check_real("pressure", args.pressure, positive=False, unit="GPa")
+    check_real("fmax", args.fmax, unit="eV/Å")
+    check_real("window", args.window, unit="eV/atom")
+    check_int("max_steps", args.max_steps)
+    check_int("top", args.top)
+    method = search.random_search(args.batch_size)
+    connect_db(args.db)
+    pot = make_potential(args.potential)
+    oracle = search.Oracle(pot, budget=budget)
+    search.check_setup(args.composition, pot)
+    result = search.run(
+        method,
+        args.composition,
+        oracle,
+        db=args.db,
+        seed=args.seed,
+        max_iterations=args.max_iterations,
+        fmax=args.fmax,
+        cell_filter=None if args.fixed_cell else "frechet",
+        pressure=args.pressure * GPa,
+        max_steps=args.max_steps,
+        reference=args.reference,
+        window=args.window,
+        progress=not args.quiet,
+    )
+    m = result.metrics
+    if args.json:
+        print(json.dumps(m, default=float))
+    else:
+        print(_table(result, args.top), end="")
+        print(_metrics_text(m, args.window))
+    if args.plot:
+        search.plot_search(result, args.plot)
+        print(f"plot: {args.plot}")
+    print(f"database: {args.db}")
+    return 0
