@@ -368,3 +368,20 @@ def test_empty_batch():
 
 def test_single_structure():
     assert jc.search.deduplicate(batch([random_si8(1)])).tolist() == [0]
+
+
+@pytest.mark.parametrize("fingerprint_tol", ["auto", None])
+def test_incremental_deduplicator_equals_deduplicate(planted, fingerprint_tol):
+    """Batches added one after another get the labels of one call on the whole set."""
+    c, m = planted
+    d = jc.search.Deduplicator(fingerprint_tol=fingerprint_tol, species=[11, 14, 17])
+    parts = [d.add(c.take(np.arange(a, min(a + 5, c.batch_size)))) for a in range(0, 19, 5)]
+    np.testing.assert_array_equal(np.concatenate(parts), greedy_labels(m))
+    np.testing.assert_array_equal(d.labels, greedy_labels(m))
+
+
+def test_incremental_deduplicator_refuses_a_new_element(planted):
+    c, _ = planted
+    d = jc.search.Deduplicator(species=[14])
+    with pytest.raises(jc.errors.InvalidStructureError, match="fingerprint channels"):
+        d.add(c.take(np.arange(13, 16)))  # NaCl

@@ -45,6 +45,22 @@ def test_every_candidate_is_one_row_with_its_key_value_pairs(searched):
     assert result.metrics["n_evaluated"] == 16
 
 
+def test_archive_holds_the_relaxed_structures_of_the_rows(searched):
+    _, _, result, db = searched
+    rows = {r.input_id: r for r in jc.io.connect_db(db).select()}
+    archive = result.state.archive
+    for k, cid in enumerate(np.asarray(archive.ids)):
+        a = rows[int(cid)].toatoms()
+        n = len(a)
+        np.testing.assert_allclose(
+            np.asarray(archive.crystals.lattice[k]), a.cell.array, atol=1e-12
+        )
+        np.testing.assert_allclose(
+            np.asarray(archive.crystals.frac[k, :n]), a.get_scaled_positions(wrap=False), atol=1e-9
+        )
+        assert float(archive.energy[k]) == pytest.approx(rows[int(cid)].energy, abs=1e-12)
+
+
 def test_oracle_calls_are_the_relaxations_force_calls(searched):
     _, _, result, db = searched
     rows = {r.input_id: r for r in jc.io.connect_db(db).select()}

@@ -24,6 +24,7 @@ morse:..., sevennet, chgnet.
 
 examples:
   jaxcsp search --composition Si8 --reference jaxcsp/data/structures/si_diamond.cif --plot si8.png
+  jaxcsp search --reference jaxcsp/data/structures/si_diamond.cif --until-found --seed 4
   jaxcsp search --composition Ar8 --potential lj:sigma=3.4,epsilon=0.0104,cutoff=12 --db ar8.db"""
 
 
@@ -36,9 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--budget",
         type=int,
-        default=2000,
+        default=6000,
         help="oracle budget in energy/force evaluations; the search stops at the end of the "
-        "iteration that spends it (2000)",
+        "iteration that spends it (6000: about three iterations of 64 Si8)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--db", default="search.db", metavar="OUT.db", help="ASE database (search.db)")
@@ -46,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--reference",
         metavar="KNOWN.cif",
         help="known ground truth: reports I_M,0, N_E, N_M and marks matching rows",
+    )
+    p.add_argument(
+        "--until-found",
+        action="store_true",
+        help="with --reference: also stop after the first iteration that finds it",
     )
     p.add_argument("--pressure", type=float, default=0.0, help="pressure in GPa (0)")
     p.add_argument("--plot", metavar="OUT.png", help="save best enthalpy vs oracle calls")
@@ -145,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         reference=args.reference,
         window=args.window,
+        stop_at_reference=args.until_found,
         progress=not args.quiet,
     )
     m = result.metrics

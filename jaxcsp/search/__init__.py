@@ -27,6 +27,7 @@ from jaxcsp.search._base import (
 # --- deduplication (jaxcsp.search._dedup) ---
 from jaxcsp.search._dedup import (
     DedupInfo,
+    Deduplicator,
     deduplicate,
     default_fingerprint_tol,
     fingerprints,
@@ -41,6 +42,7 @@ from jaxcsp.search._random import random_search
 
 __all__ = [
     "DedupInfo",
+    "Deduplicator",
     "Evaluation",
     "InvalidSearchError",
     "Method",

@@ -49,6 +49,7 @@ from jaxcsp.errors import InvalidArgumentError, InvalidStructureError, check_int
 
 __all__ = [
     "DedupInfo",
+    "Deduplicator",
     "deduplicate",
     "default_fingerprint_tol",
     "fingerprints",
@@ -313,10 +314,8 @@ def successive_minima(lattice: np.ndarray) -> np.ndarray:
 class _Judge:
     """pymatgen's side: structures, their reductions (once each, lazily), the exact tests, fit."""
 
-    def __init__(self, crystals: Crystals, ltol: float, stol: float, angle_tol: float):
+    def __init__(self, crystals: Crystals | None, ltol: float, stol: float, angle_tol: float):
         from pymatgen.analysis.structure_matcher import StructureMatcher
-
-        from jaxcsp.io import to_pymatgen
 
         self.ltol = ltol
         self.matcher = StructureMatcher(
@@ -327,12 +326,20 @@ class _Judge:
             scale=True,
             attempt_supercell=False,
         )
-        self.structures = to_pymatgen(crystals)
+        self.structures: list[Any] = []
+        if crystals is not None:
+            self.extend(crystals)
         self.reduced: dict[int, Any] = {}
         self.sites: dict[int, int] = {}
         self.minima: dict[int, np.ndarray] = {}  # lambda_k / V^(1/3) of the reduced lattice
         self.lengths: dict[int, np.ndarray] = {}  # sorted |a|, |b|, |c| / V^(1/3)
         self.fits = 0
+
+    def extend(self, crystals: Crystals) -> None:
+        """Append structures (their indices continue the existing ones)."""
+        from jaxcsp.io import to_pymatgen
+
+        self.structures.extend(to_pymatgen(crystals))
 
     def reduce(self, i: int) -> None:
         """Reduce structure ``i`` as ``fit`` and ``group_structures`` do (once)."""
@@ -603,6 +610,114 @@ def deduplicate(
         seconds=seconds,
     )
     return labels, info
+
+
+class Deduplicator:
+    """Incremental :func:`deduplicate`: structures arrive in batches, labels never change.
+
+    The greedy grouping of :func:`deduplicate` looks only at earlier structures, so a
+    structure's label is final once it is added: ``add(batch_1); add(batch_2)`` gives the same
+    labels as ``deduplicate(concatenate([batch_1, batch_2]))`` (with the same tolerances and
+    fingerprint channels), while each call fingerprints and reduces only the new structures and
+    compares them only with the representatives so far. This is what a search calls after each
+    iteration (:func:`jaxcsp.search.run`): the cost of an iteration does not grow with the
+    archive's past except through the number of distinct structures.
+
+    Args:
+      ltol, stol, angle_tol: ``StructureMatcher`` tolerances (as :func:`deduplicate`).
+      fingerprint_tol: as :func:`deduplicate` (``"auto"``, a number or ``None``).
+      species: atomic numbers of the fingerprint channels (fixed for the life of the object;
+        default: those of the first batch). A later structure with another element raises.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxcsp.crystal import Crystals
+      >>> fcc = 5.43 / 2 * np.array([[0.0, 1, 1], [1, 0, 1], [1, 1, 0]])
+      >>> diamond = Crystals.create(fcc, [[0, 0, 0], [0.25, 0.25, 0.25]], [14, 14])
+      >>> cubic = Crystals.create(fcc, [[0, 0, 0], [0.5, 0.5, 0.5]], [14, 14])
+      >>> d = Deduplicator()
+      >>> d.add(diamond).tolist(), d.add(cubic).tolist(), d.add(diamond).tolist()
+      ([0], [1], [0])
+    """
+
+    def __init__(
+        self,
+        *,
+        ltol: float = 0.2,
+        stol: float = 0.3,
+        angle_tol: float = 5.0,
+        fingerprint_tol: float | str | None = "auto",
+        species: Sequence[int] | None = None,
+    ):
+        self.ltol, self.stol, self.angle_tol, self.fingerprint_tol = _validate_args(
+            ltol, stol, angle_tol, fingerprint_tol
+        )
+        self.species = None if species is None else tuple(sorted({int(z) for z in species}))
+        self._judge = _Judge(None, self.ltol, self.stol, self.angle_tol)
+        self._keys: list[tuple] = []
+        self._labels: list[int] = []
+        self._reps: dict[tuple, list[int]] = {}
+        self._fp: dict[int, np.ndarray] = {}
+
+    @property
+    def labels(self) -> np.ndarray:
+        """``(P,)`` int64 labels of every structure added so far."""
+        return np.asarray(self._labels, dtype=np.int64)
+
+    @property
+    def fits(self) -> int:
+        """``StructureMatcher.fit`` calls so far."""
+        return self._judge.fits
+
+    def add(self, crystals: Crystals) -> np.ndarray:
+        """Add a batch; returns its ``(B,)`` int64 labels (global indices, ``<=`` own index).
+
+        Raises:
+          InvalidStructureError: invalid or traced crystals, or an element outside the
+            fingerprint channels.
+        """
+        crystals = _check_concrete(crystals, "Deduplicator.add")
+        b = crystals.batch_size
+        if b == 0:
+            return np.zeros(0, dtype=np.int64)
+        crystals.validate(source="Deduplicator.add")
+        start = len(self._labels)
+        keys = _composition_keys(np.asarray(crystals.species), np.asarray(crystals.mask))
+        zs = {int(z) for z in np.unique(np.asarray(crystals.species)) if z > 0}
+        if self.fingerprint_tol is not None:
+            if self.species is None:
+                self.species = tuple(sorted(zs))
+            if not zs <= set(self.species):
+                raise InvalidStructureError(
+                    f"Deduplicator.add: elements {sorted(zs - set(self.species))} are not among "
+                    f"its fingerprint channels {list(self.species)} (pass species=...)",
+                    field="species",
+                )
+            fp = np.asarray(fingerprints(crystals, species=self.species), dtype=np.float64)
+            tol = self.fingerprint_tol * (1 + 1e-9) + 1e-9
+        self._judge.extend(crystals)
+        out = np.empty(b, dtype=np.int64)
+        for k in range(b):
+            i = start + k
+            reps = self._reps.setdefault(keys[k], [])
+            if self.fingerprint_tol is not None:
+                self._fp[i] = fp[k]
+                if reps:
+                    near = np.max(np.abs(np.stack([self._fp[r] for r in reps]) - fp[k]), axis=1)
+                    reps_i = [r for r, d in zip(reps, near, strict=True) if d <= tol]
+                else:
+                    reps_i = []
+            else:
+                reps_i = reps
+            label = next(
+                (r for r in reps_i if self._judge.exact_prefilter(r, i) and self._judge.fit(r, i)),
+                i,
+            )
+            if label == i:
+                reps.append(i)
+            out[k] = label
+            self._labels.append(int(label))
+        return out
 
 
 def prefilter_pairs(

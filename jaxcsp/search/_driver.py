@@ -127,7 +127,7 @@ def _evaluation_from_rows(
 ) -> Evaluation:
     from jaxcsp.io import from_ase
 
-    n = proposal.crystals.lattice.shape[1]
+    n = proposal.crystals.frac.shape[1]  # atom slots of the proposal
     dtype = proposal.crystals.lattice.dtype
     atoms, energy, status, calls, tiers = [], [], [], [], []
     for k, i in enumerate(ids):
@@ -143,8 +143,18 @@ def _evaluation_from_rows(
         del k
     try:
         relaxed = from_ase(atoms, dtype=dtype, max_atoms=n, source="search database")
-    except InvalidStructureError:  # an invalid row may hold an unloadable structure
-        relaxed = proposal.crystals
+    except InvalidStructureError:  # a row that cannot be loaded keeps its proposal, invalid
+        from jaxcsp.crystal import concatenate
+
+        parts = []
+        for k, a in enumerate(atoms):
+            try:
+                parts.append(from_ase([a], dtype=dtype, max_atoms=n, source="search database"))
+            except InvalidStructureError:
+                parts.append(proposal.crystals.take(np.asarray([k])))
+                energy[k] = np.nan
+                status[k] = STATUS_CODES["invalid"]
+        relaxed = concatenate(parts)
     energy_a = np.asarray(energy, np.float64)
     vol = np.abs(np.linalg.det(np.asarray(relaxed.lattice, np.float64)))
     n_atoms = np.asarray(relaxed.mask).sum(axis=1)
@@ -310,18 +320,26 @@ def _single_points(proposal, oracle, *, db, first_id, iteration, method, pressur
     return _evaluation_from_rows(rows, ids, proposal, iteration, pressure, [])
 
 
-def _labels(archive: Evaluation, ltol: float, stol: float, angle_tol: float) -> np.ndarray:
-    from jaxcsp.search._dedup import deduplicate
+class _Labels:
+    """Archive labels, extended one evaluation at a time (greedy: earlier labels are final)."""
 
-    ok = archive.ok
-    labels = np.arange(archive.size, dtype=np.int64)
-    idx = np.flatnonzero(ok)
-    if len(idx):
-        sub = deduplicate(
-            archive.crystals.take(np.asarray(idx)), ltol=ltol, stol=stol, angle_tol=angle_tol
-        )
-        labels[idx] = idx[np.asarray(sub)]
-    return labels
+    def __init__(self, species, ltol: float, stol: float, angle_tol: float):
+        from jaxcsp.search._dedup import Deduplicator
+
+        self.dedup = Deduplicator(ltol=ltol, stol=stol, angle_tol=angle_tol, species=species)
+        self.where: list[int] = []  # archive index of each deduplicated (valid) candidate
+        self.labels = np.zeros(0, dtype=np.int64)
+
+    def extend(self, ev: Evaluation) -> np.ndarray:
+        start = len(self.labels)
+        new = np.arange(start, start + ev.size, dtype=np.int64)  # invalid: their own label
+        idx = np.flatnonzero(ev.ok)
+        if len(idx):
+            sub = self.dedup.add(ev.crystals.take(idx))
+            self.where.extend((start + idx).tolist())
+            new[idx] = np.asarray(self.where, dtype=np.int64)[sub]
+        self.labels = np.concatenate([self.labels, new])
+        return self.labels
 
 
 def _reference(reference: Any, oracle: Oracle, *, fmax, cell_filter, pressure, max_steps):
@@ -381,6 +399,7 @@ def run(
     angle_tol: float = 5.0,
     window: float = 0.1,
     max_atoms: int = 2048,
+    stop_at_reference: bool = False,
     progress: bool = True,
 ) -> SearchResult:
     """Run a search method on a composition with an oracle, into an ASE database; resumable.
@@ -404,6 +423,8 @@ def run(
       ltol, stol, angle_tol: ``StructureMatcher`` tolerances for deduplication and matching.
       window: N_low_E window, eV/atom.
       max_atoms: atom cap per relaxation batch.
+      stop_at_reference: also stop at the end of the first iteration in which a candidate
+        matches ``reference`` (a benchmark's "time to the ground truth"; needs ``reference``).
       progress: show a progress display (rich).
 
     Returns:
@@ -436,6 +457,10 @@ def run(
         )
     if not (np.isfinite(fmax) and fmax > 0):
         raise InvalidSearchError(f"must be a positive number (eV/Å), got {fmax!r}", field="fmax")
+    if stop_at_reference and reference is None:
+        raise InvalidSearchError(
+            "stop_at_reference needs a reference structure", field="stop_at_reference"
+        )
     if cell_filter not in (None, "frechet"):
         raise InvalidSearchError(
             f"must be 'frechet' or None, got {cell_filter!r}", field="cell_filter"
@@ -484,6 +509,9 @@ def run(
     state, proposal = method.init(key, comp)
     rep_match: dict[int, bool] = {}
     labels = np.zeros(0, np.int64)
+    from jaxcsp.elements import atomic_numbers
+
+    grouping = _Labels(atomic_numbers([e for e, _ in comp]), ltol, stol, angle_tol)
     matches = np.zeros(0, bool)
     display = _Display(progress, oracle.budget, max_iterations, method.name)
     try:
@@ -504,7 +532,7 @@ def run(
                 max_atoms=max_atoms,
             )
             archive = ev if state.archive is None else Evaluation.concatenate([state.archive, ev])
-            new_labels = _labels(archive, ltol, stol, angle_tol)
+            new_labels = grouping.extend(ev)
             if ref_structure is not None:
                 reps = np.unique(new_labels[archive.ok])
                 for r in reps:
@@ -533,8 +561,10 @@ def run(
             labels = new_labels
             done_calls = int(state.oracle_calls) + int(np.asarray(ev.oracle_calls).sum())
             display.update(it + 1, done_calls, archive)
-            stop = (max_iterations is not None and it + 1 >= max_iterations) or (
-                oracle.budget is not None and done_calls >= oracle.budget
+            stop = (
+                (max_iterations is not None and it + 1 >= max_iterations)
+                or (oracle.budget is not None and done_calls >= oracle.budget)
+                or (stop_at_reference and bool(matches.any()))
             )
             if stop:
                 state = record(state, ev)

@@ -7,8 +7,8 @@ Definitions (every function takes the archive in candidate-id order):
 * **N_unique** — number of distinct structures among the valid candidates
   (:func:`jaxcsp.search.deduplicate` labels).
 * **N_low_E** — distinct structures within ``window`` eV/atom of the reference energy (the
-  ground truth's, when given; else the lowest found), seed 001's definition.
-* With a known ground truth (CRYSIM's metrics, seed 002): **I_M,0** — the first iteration
+  ground truth's, when given; else the lowest found), as Ridwan et al. define it.
+* With a known ground truth (the metrics of CRYSIM, Liang et al.): **I_M,0** — the first iteration
   whose candidates include a match (``None`` if none); **N_E** — candidates whose enthalpy per
   atom is within ``energy_tol`` of the ground truth's (or below it); **N_M** — candidates
   that match it (``StructureMatcher`` on the group representative).

@@ -1,0 +1,132 @@
+"""Acceptance runs of the search layer (``pytest -m slow -k search``; minutes each).
+
+* Si8 under Stillinger-Weber: ``jaxcsp search`` on its defaults finds diamond (pymatgen
+  StructureMatcher against the shipped diamond CIF, -4.3366 eV/atom) in three of three seeds.
+* Ar8 under Lennard-Jones (σ = 3.4 Å, ε = 0.0104 eV, truncated at 6σ with the mean-field tail):
+  random search finds fcc or hcp, within 1e-3 ε per atom of the infinite-cutoff -8.610 ε.
+* ``kill -9`` in the middle of a search, then a rerun: every candidate is in the database once
+  and the final ranking equals that of an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import jaxcsp as jc
+
+pytestmark = pytest.mark.slow
+
+DIAMOND = "jaxcsp/data/structures/si_diamond.cif"
+
+
+def _metrics(out: str) -> dict:
+    return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.xdist_group("diamond")
+def test_default_search_finds_diamond(seed, tmp_path, capsys):
+    from jaxcsp.cli import main
+
+    db = tmp_path / "si8.db"
+    argv = ["search", "--seed", str(seed), "--db", str(db), "--reference", DIAMOND]
+    assert main([*argv, "--json", "--quiet"]) == 0
+    m = _metrics(capsys.readouterr().out)
+    assert m["i_m0"] is not None, m  # found within the default budget
+    assert m["n_m"] >= 1
+    assert m["reference_energy_per_atom"] == pytest.approx(-4.3366, abs=1e-4)
+    assert m["best_enthalpy_per_atom"] == pytest.approx(-4.3366, abs=1e-4)
+    assert m["oracle_calls"] >= 6000 and m["wall_s"] > 0
+    rows = list(jc.io.connect_db(db).select(matches_reference=True))
+    assert len(rows) == m["n_m"]
+    for r in rows:
+        assert r.energy_per_atom == pytest.approx(-4.3366, abs=1e-4)
+
+
+def test_lennard_jones_ar8_finds_close_packing(tmp_path):
+    from ase.build import bulk
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    sigma, epsilon = 3.4, 0.0104
+    pot = jc.potentials.lennard_jones(
+        sigma=sigma,
+        epsilon=epsilon,
+        cutoff=6 * sigma,
+        cutoff_mode="truncate",
+        tail_correction=True,
+    )
+    # LJ's equilibrium volume is ~36 Å^3/atom, 7x the covalent spheres of Ar
+    method = jc.search.random_search(16, volume_factor=7.0, distance_factor=1.2)
+    result = jc.search.run(
+        method, "Ar8", pot, db=tmp_path / "ar8.db", seed=0, max_iterations=2, fmax=1e-4,
+        progress=False,
+    )  # fmt: skip
+    best = result.ranking[0]
+    assert best["enthalpy_per_atom"] / epsilon == pytest.approx(-8.610, abs=1e-3)
+    archive = result.state.archive
+    k = int(np.flatnonzero(np.asarray(archive.ids) == best["id"])[0])
+    found = jc.io.to_pymatgen(archive.crystals.take(np.asarray([k])))[0]
+    d = 1.0906 * sigma  # nearest-neighbour distance of the LJ close packings
+    fcc = bulk("Ar", "fcc", a=d * np.sqrt(2))
+    hcp = bulk("Ar", "hcp", a=d, c=d * np.sqrt(8 / 3))
+    sm = StructureMatcher()
+    assert any(sm.fit(found, AseAtomsAdaptor.get_structure(x)) for x in (fcc, hcp))
+
+
+_SCRIPT = """
+import sys, jax
+jax.config.update("jax_enable_x64", True)
+import jaxcsp as jc
+m = jc.search.random_search(16)
+r = jc.search.run(m, "Si8", jc.potentials.stillinger_weber(), db=sys.argv[1], seed=7,
+                  max_iterations=3, max_atoms=64, progress=False)
+print("DONE", len(r.ranking))
+"""
+
+
+def _search(db, env, **kw):
+    return subprocess.Popen([sys.executable, "-c", _SCRIPT, str(db)], env=env, **kw)
+
+
+def _ranking(db) -> list[tuple]:
+    rows = list(jc.io.connect_db(db).select())
+    return sorted(
+        (round(r.enthalpy_per_atom, 8), r.duplicate_of, r.input_id) for r in rows if r.get("unique")
+    )
+
+
+def test_kill_minus_nine_and_resume_equals_uninterrupted(tmp_path):
+    env = dict(os.environ, JAXCSP_JAX_CACHE=str(tmp_path / "jax_cache"))
+    full = tmp_path / "full.db"
+    assert _search(full, env).wait(timeout=1800) == 0
+    killed = tmp_path / "killed.db"
+    proc = _search(killed, env)
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:  # kill in the middle of iteration 1 (rows 16..31)
+        if killed.exists():
+            try:
+                n = len(jc.io.connect_db(killed))
+            except Exception:  # the database is being written
+                n = 0
+            if n >= 20:
+                break
+        assert proc.poll() is None, "the search finished before it could be killed"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_killed = len(jc.io.connect_db(killed))
+    assert 20 <= n_killed < 48
+    out = _search(killed, env, stdout=subprocess.PIPE, text=True).communicate(timeout=1800)[0]
+    assert "DONE" in out
+    ids = [r.input_id for r in jc.io.connect_db(killed).select()]
+    assert sorted(ids) == list(range(48))  # every candidate exactly once
+    assert _ranking(killed) == _ranking(full)
