@@ -18,6 +18,9 @@ duplicate_of and matches_reference (with --reference).
 
 Methods (--method):
   random        random symmetric structures, uniform over the compatible space groups
+  crysim        CRYSIM: a factorization machine on symmetry-informed bit vectors, annealed
+                in JAX, decoded (largest minimum distance), relaxed; --n-initial random
+                single points first, then --batch-size candidates per iteration
 
 Potentials (--potential) as for `jaxcsp relax`: sw, tersoff, lj:sigma=S,epsilon=E,cutoff=R,
 morse:..., sevennet, chgnet.
@@ -29,7 +32,7 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default="random", choices=("random",), help="search method")
+    p.add_argument("--method", default="random", choices=("random", "crysim"), help="search method")
     p.add_argument(
         "--composition", default="Si8", help="unit-cell composition, e.g. Si8 or Na4Cl4 (Si8)"
     )
@@ -37,9 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--budget",
         type=int,
-        default=6000,
+        default=2000,
         help="oracle budget in energy/force evaluations; the search stops at the end of the "
-        "iteration that spends it (6000: about three iterations of 64 Si8)",
+        "iteration that spends it (2000: one iteration of 64 Si8 candidates, ~36 calls each)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--db", default="search.db", metavar="OUT.db", help="ASE database (search.db)")
@@ -55,8 +58,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--pressure", type=float, default=0.0, help="pressure in GPa (0)")
     p.add_argument("--plot", metavar="OUT.png", help="save best enthalpy vs oracle calls")
-    p.add_argument("--batch-size", type=int, default=64, help="candidates per iteration (64)")
-    p.add_argument("--max-iterations", type=int, help="stop after this many iterations")
+    p.add_argument("--batch-size", type=int, help="candidates per iteration (random 64, crysim 8)")
+    p.add_argument(
+        "--max-iterations", "--iterations", type=int, help="stop after this many iterations"
+    )
+    p.add_argument(
+        "--n-initial", type=int, default=1000, help="crysim: random initial single points (1000)"
+    )
+    p.add_argument("--ldr", type=int, default=8, help="crysim: voxels per cell edge (8)")
     p.add_argument("--fmax", type=float, default=0.01, help="force threshold, eV/Å (0.01)")
     p.add_argument("--max-steps", type=int, default=1000, help="steps per relaxation (1000)")
     p.add_argument("--fixed-cell", action="store_true", help="relax positions only")
@@ -133,7 +142,12 @@ def run(args: argparse.Namespace) -> int:
     check_real("window", args.window, unit="eV/atom")
     check_int("max_steps", args.max_steps)
     check_int("top", args.top)
-    method = search.random_search(args.batch_size)
+    if args.method == "crysim":
+        method = search.crysim_search(
+            args.n_initial, 8 if args.batch_size is None else args.batch_size, ldr=args.ldr
+        )
+    else:
+        method = search.random_search(64 if args.batch_size is None else args.batch_size)
     connect_db(args.db)
     pot = make_potential(args.potential)
     oracle = search.Oracle(pot, budget=budget)

@@ -23,8 +23,14 @@ from jaxcsp.search._base import (
     Tier,
     record,
 )
-
-# --- deduplication (jaxcsp.search._dedup) ---
+from jaxcsp.search._crysim import crysim_search
+from jaxcsp.search._crysim_encoding import (
+    CrysimEncoding,
+    crysim_encoding,
+    crysim_length_range,
+    decode,
+    encode,
+)
 from jaxcsp.search._dedup import (
     DedupInfo,
     Deduplicator,
@@ -38,9 +44,8 @@ from jaxcsp.search._metrics import best_vs_calls, rank, search_metrics
 from jaxcsp.search._plot import plot_search
 from jaxcsp.search._random import random_search
 
-# --- end deduplication ---
-
 __all__ = [
+    "CrysimEncoding",
     "DedupInfo",
     "Deduplicator",
     "Evaluation",
@@ -53,8 +58,13 @@ __all__ = [
     "Tier",
     "best_vs_calls",
     "check_setup",
+    "crysim_encoding",
+    "crysim_length_range",
+    "crysim_search",
+    "decode",
     "deduplicate",
     "default_fingerprint_tol",
+    "encode",
     "evaluate",
     "fingerprints",
     "plot_search",

@@ -50,8 +50,10 @@ __all__ = [
 
 Array = jax.Array
 
-#: Status code of every status name (``"converged"`` -> 1, ...), inverse of ``STATUS_NAMES``.
-STATUS_CODES = {name: code for code, name in enumerate(STATUS_NAMES)}
+#: Status code of every status name (``"converged"`` -> 1, ...), inverse of ``STATUS_NAMES``,
+#: plus ``"single_point"``: a candidate labelled without relaxation (``Proposal(relax=False)``);
+#: it has an energy but is not a relaxed prediction, so it is not deduplicated or ranked.
+STATUS_CODES = {name: code for code, name in enumerate((*STATUS_NAMES, "single_point"))}
 
 
 class InvalidSearchError(JaxcspError, ValueError):
@@ -172,8 +174,11 @@ class Evaluation:
 
     @property
     def ok(self) -> np.ndarray:
-        """``(P,) bool``: entries with a finite energy (host side)."""
-        return np.isfinite(np.asarray(self.enthalpy_per_atom))
+        """``(P,) bool``: relaxed entries with a finite energy (host side); single points
+        (status ``"single_point"``) are not."""
+        return np.isfinite(np.asarray(self.enthalpy_per_atom)) & (
+            np.asarray(self.status) != STATUS_CODES["single_point"]
+        )
 
     @staticmethod
     def concatenate(parts: Sequence[Evaluation]) -> Evaluation:

@@ -135,7 +135,7 @@ def _evaluation_from_rows(
         a = r.toatoms()
         atoms.append(a)
         e = r.get("energy")
-        ok = e is not None and r.get("status") in ("converged", "max_steps")
+        ok = e is not None and r.get("status") in ("converged", "max_steps", "single_point")
         energy.append(float(e) if ok else np.nan)
         status.append(STATUS_CODES.get(str(r.get("status")), STATUS_CODES["invalid"]))
         calls.append(int(r.get("force_calls", 0)))
@@ -308,8 +308,8 @@ def _single_points(proposal, oracle, *, db, first_id, iteration, method, pressur
                     input_hash=_fingerprint(atoms),
                     method=method,
                     iteration=int(iteration),
-                    status="converged" if good else "exploded",
-                    converged=good,
+                    status="single_point" if good else "exploded",
+                    converged=False,
                     steps=0,
                     force_calls=1,
                     n_atoms=n,

@@ -34,12 +34,12 @@ def best_vs_calls(archive: Evaluation) -> tuple[np.ndarray, np.ndarray]:
     Returns:
       ``(calls, best)``: ``(P,) int64`` cumulative oracle calls (tiers excluded) after each
       candidate, and ``(P,) float64`` running minimum of enthalpy per atom in eV/atom
-      (``inf`` until the first valid candidate).
+      over relaxed candidates (``inf`` until the first; single points do not count).
     """
     order = np.argsort(np.asarray(archive.ids), kind="stable")
     calls = np.cumsum(np.asarray(archive.oracle_calls, np.int64)[order])
     h = np.asarray(archive.enthalpy_per_atom, np.float64)[order]
-    best = np.minimum.accumulate(np.where(np.isfinite(h), h, np.inf))
+    best = np.minimum.accumulate(np.where(archive.ok[order], h, np.inf))
     return calls, best
 
 
