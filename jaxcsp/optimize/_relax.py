@@ -38,6 +38,7 @@ from jaxcsp.crystal import Crystals
 from jaxcsp.optimize._base import INVALID, RUNNING, STATUS_NAMES, masked_fmax
 from jaxcsp.optimize._bfgs import bfgs_linesearch
 from jaxcsp.optimize._fire import fire, lbfgs
+from jaxcsp.optimize._wyckoff_dofs import crystals_from_wyckoff_dofs
 from jaxcsp.runtime import release_compiled_programs
 
 __all__ = [
@@ -126,11 +127,9 @@ def crystals_from_dofs(x: Array, data: Any, cell_filter: str | None) -> Crystals
     """The structures described by DOF rows ``x`` (traceable and differentiable).
 
     ``cell_filter`` is ``None``/``"frechet"`` (``data`` a :class:`RelaxData`) or ``"wyckoff"`` /
-    ``"wyckoff_fixed_cell"`` (``data`` a :class:`~jaxcsp.optimize._symmetric.WyckoffData`).
+    ``"wyckoff_fixed_cell"`` (``data`` a :class:`~jaxcsp.optimize._wyckoff_dofs.WyckoffData`).
     """
     if cell_filter in ("wyckoff", "wyckoff_fixed_cell"):
-        from jaxcsp.optimize._symmetric import crystals_from_wyckoff_dofs
-
         return crystals_from_wyckoff_dofs(x, data)
     n = data.mask.shape[-1]
     inv0 = jnp.linalg.inv(data.lattice0)

@@ -19,65 +19,22 @@ rows out (fixed cell). The objective is the enthalpy ``E + p V`` when the cell m
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxcsp.crystal import Crystals
 from jaxcsp.optimize._relax import RelaxResult, _check_args, drive, result_from_state
+from jaxcsp.optimize._wyckoff_dofs import (
+    WyckoffData,
+    crystals_from_wyckoff_dofs,
+    initial_wyckoff_dofs,
+    wyckoff_from_dofs,
+)
 
 __all__ = ["WyckoffData", "crystals_from_wyckoff_dofs", "relax_wyckoff", "wyckoff_from_dofs"]
 
 Array = jax.Array
-
-
-class WyckoffData(NamedTuple):
-    """Per-structure constants of a Wyckoff relaxation.
-
-    Attributes:
-      wc: the starting :class:`~jaxcsp.symmetry.WyckoffCrystals` (index maps, species).
-      scale: ``(B,)`` ``ℓ = V0^(1/3)`` in Å.
-      abc0: ``(B, 3)`` starting lengths (Å). angles0: ``(B, 3)`` starting angles (radians).
-      pressure: ``(B,)`` eV/Å³.
-    """
-
-    wc: Any
-    scale: Array
-    abc0: Array
-    angles0: Array
-    pressure: Array
-
-
-def _initial(wc, cell: bool):
-    from jaxcsp.symmetry import reconstruct
-
-    c = reconstruct(wc, wrap=False)
-    vol = jnp.abs(c.volume)
-    scale = vol ** (1.0 / 3.0)
-    b = wc.site_mask.shape[0]
-    x = jnp.concatenate(
-        [wc.coords * scale[:, None, None], jnp.zeros((b, 2, 3), wc.cell.dtype)], axis=1
-    )
-    row_mask = jnp.concatenate([wc.site_mask, jnp.full((b, 2), cell)], axis=1)
-    return x, row_mask, scale
-
-
-def wyckoff_from_dofs(x: Array, data: WyckoffData):
-    """The :class:`~jaxcsp.symmetry.WyckoffCrystals` described by DOF rows ``x`` (traceable)."""
-    s = data.wc.site_mask.shape[1]
-    scale = data.scale[:, None]
-    coords = x[:, :s] / scale[..., None]
-    abc = data.abc0 * jnp.exp(x[:, s] / scale)
-    angles = jnp.rad2deg(data.angles0 + x[:, s + 1] / scale)
-    return data.wc.replace(coords=coords, cell=jnp.concatenate([abc, angles], axis=-1))
-
-
-def crystals_from_wyckoff_dofs(x: Array, data: WyckoffData) -> Crystals:
-    """The reconstructed crystals of DOF rows ``x`` (traceable, differentiable)."""
-    from jaxcsp.symmetry import reconstruct
-
-    return reconstruct(wyckoff_from_dofs(x, data), wrap=False)
 
 
 def relax_wyckoff(
@@ -117,7 +74,7 @@ def relax_wyckoff(
     _check_args(method, None, fmax=fmax, max_steps=max_steps, pressure=pressure, chunk=chunk)
     c0 = reconstruct(wc, wrap=False)
     check_species(potential, c0)
-    x0, row_mask, scale = _initial(wc, cell)
+    x0, row_mask, scale = initial_wyckoff_dofs(wc, cell)
     dtype = wc.cell.dtype
     data = WyckoffData(
         wc=wc,
