@@ -40,9 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--budget",
         type=int,
-        default=2000,
         help="oracle budget in energy/force evaluations; the search stops at the end of the "
-        "iteration that spends it (2000: one iteration of 64 Si8 candidates, ~36 calls each)",
+        "iteration that spends it (random: 2000, one iteration of 64 Si8 candidates at ~36 "
+        "calls each; crysim: none when --iterations is given, else 6000)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--db", default="search.db", metavar="OUT.db", help="ASE database (search.db)")
@@ -133,7 +133,11 @@ def run(args: argparse.Namespace) -> int:
 
     # every option and the output path are checked before a potential is built
     budget = args.budget
-    if budget is None or isinstance(budget, bool) or budget < 1:
+    if budget is None and args.method == "crysim":
+        budget = None if args.max_iterations else 6000
+    elif budget is None:
+        budget = 2000
+    elif isinstance(budget, bool) or budget < 1:
         raise search.InvalidSearchError(
             f"must be a positive number of oracle calls, got {budget!r}", field="budget"
         )
