@@ -1,4 +1,4 @@
-"""Acceptance runs of the search layer (``pytest -m slow -k search``; minutes each).
+"""Acceptance runs of the search layer (``pytest -m slow tests/test_search_slow.py``; minutes each).
 
 * Si8 under Stillinger-Weber: ``jaxcsp search`` on its defaults finds diamond (pymatgen
   StructureMatcher against the shipped diamond CIF, -4.3366 eV/atom) in three of three seeds.
@@ -6,6 +6,7 @@
   random search finds fcc or hcp, within 1e-3 ε per atom of the infinite-cutoff -8.610 ε.
 * ``kill -9`` in the middle of a search, then a rerun: every candidate is in the database once
   and the final ranking equals that of an uninterrupted run with the same seed.
+* CRYSIM on Si8 finds diamond in at least two of three seeds.
 """
 
 from __future__ import annotations
@@ -130,3 +131,21 @@ def test_kill_minus_nine_and_resume_equals_uninterrupted(tmp_path):
     ids = [r.input_id for r in jc.io.connect_db(killed).select()]
     assert sorted(ids) == list(range(48))  # every candidate exactly once
     assert _ranking(killed) == _ranking(full)
+
+
+def test_crysim_finds_diamond_in_two_of_three_seeds(tmp_path, capsys):
+    """CRYSIM on its CLI defaults (1000 random single points, then 8 annealed and decoded
+    candidates per iteration) finds diamond within 12 iterations in at least 2 of 3 seeds
+    (seeds 0 and 1 find it at iterations 5 and 6 on this machine)."""
+    from jaxcsp.cli import main
+
+    found = []
+    for seed in (0, 1, 2):
+        argv = ["search", "--method", "crysim", "--iterations", "12", "--seed", str(seed)]
+        argv += ["--db", str(tmp_path / f"crysim{seed}.db"), "--reference", DIAMOND]
+        assert main([*argv, "--until-found", "--json", "--quiet"]) == 0
+        m = _metrics(capsys.readouterr().out)
+        found.append(m["i_m0"] is not None)
+        if sum(found) >= 2:
+            break
+    assert sum(found) >= 2, found
