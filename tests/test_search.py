@@ -65,3 +65,29 @@ def test_cli_search_unwritable_db_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("jaxcsp search: error: ") and err.count("\n") == 1
     assert "Traceback" not in err
+
+
+def test_a_collapsed_relaxed_cell_is_an_invalid_candidate(tmp_path):
+    """A row whose relaxed cell is flat (0.05 Å between faces) is not deduplicated or ranked."""
+    import numpy as np
+    from ase import Atoms
+
+    from jaxcsp.search import _driver
+
+    good = Atoms(
+        "Si2", scaled_positions=[[0, 0, 0], [0.25, 0.25, 0.25]], cell=np.eye(3) * 4.0, pbc=True
+    )
+    flat = Atoms(
+        "Si2", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]], cell=np.diag([900, 4, 0.05]), pbc=True
+    )
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    con = jc.io.connect_db(tmp_path / "rows.db")
+    for k, a in enumerate([good, flat]):
+        a.calc = SinglePointCalculator(a, energy=-1.0)
+        con.write(a, input_id=k, status="converged", force_calls=3)
+    rows = _driver._read_rows(con, np.arange(2))
+    proposal = jc.search.Proposal(jc.io.from_ase([good, good]))
+    ev = _driver._evaluation_from_rows(rows, np.arange(2), proposal, 0, 0.0, [])
+    assert ev.ok.tolist() == [True, False]
+    assert int(ev.status[1]) == jc.search._base.STATUS_CODES["invalid"]

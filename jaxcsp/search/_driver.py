@@ -44,6 +44,10 @@ from jaxcsp.search._base import (
 
 __all__ = ["SearchResult", "check_setup", "evaluate", "run"]
 
+#: Relaxed cells thinner than this (Å, smallest distance between opposite faces) collapsed
+#: during relaxation and are treated as invalid candidates.
+MIN_CELL_WIDTH = 0.5
+
 
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
@@ -156,8 +160,18 @@ def _evaluation_from_rows(
                 status[k] = STATUS_CODES["invalid"]
         relaxed = concatenate(parts)
     energy_a = np.asarray(energy, np.float64)
-    vol = np.abs(np.linalg.det(np.asarray(relaxed.lattice, np.float64)))
+    lat = np.asarray(relaxed.lattice, np.float64)
+    vol = np.abs(np.linalg.det(lat))
     n_atoms = np.asarray(relaxed.mask).sum(axis=1)
+    # a relaxation that collapsed its cell (e.g. a layer of atoms beyond the cutoff, whose
+    # zero stress lets the cell shear flat) is not a prediction: invalid, not ranked
+    widths = vol[:, None] / np.maximum(
+        np.linalg.norm(np.cross(lat[:, [1, 2, 0]], lat[:, [2, 0, 1]]), axis=-1), 1e-300
+    )
+    collapsed = (widths.min(axis=1) < MIN_CELL_WIDTH) & np.isfinite(energy_a)
+    collapsed &= np.asarray(status) != STATUS_CODES["single_point"]
+    energy_a[collapsed] = np.nan
+    status = [STATUS_CODES["invalid"] if c else st for c, st in zip(collapsed, status, strict=True)]
     return Evaluation(
         ids=jnp.asarray(ids, jnp.int64 if jax.config.jax_enable_x64 else jnp.int32),
         iteration=jnp.full(len(ids), iteration, jnp.int32),
