@@ -44,9 +44,11 @@ from jaxcsp.search._base import (
 
 __all__ = ["SearchResult", "check_setup", "evaluate", "run"]
 
-#: Relaxed cells thinner than this (Å, smallest distance between opposite faces) collapsed
-#: during relaxation and are treated as invalid candidates.
+#: Relaxed cells thinner than this (Å, smallest distance between opposite faces), or thinner
+#: than ``MIN_RELATIVE_WIDTH (V/N)^(1/3)`` (a needle or sheet of a cell, e.g. atoms spread
+#: beyond the cutoff along one axis), collapsed during relaxation: invalid candidates.
 MIN_CELL_WIDTH = 0.5
+MIN_RELATIVE_WIDTH = 0.15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,12 +165,16 @@ def _evaluation_from_rows(
     lat = np.asarray(relaxed.lattice, np.float64)
     vol = np.abs(np.linalg.det(lat))
     n_atoms = np.asarray(relaxed.mask).sum(axis=1)
-    # a relaxation that collapsed its cell (e.g. a layer of atoms beyond the cutoff, whose
-    # zero stress lets the cell shear flat) is not a prediction: invalid, not ranked
+    # a relaxation that collapsed its cell (flat, or a needle: atoms beyond the cutoff along
+    # one axis feel no stress there) is not a prediction: invalid, not ranked
     widths = vol[:, None] / np.maximum(
         np.linalg.norm(np.cross(lat[:, [1, 2, 0]], lat[:, [2, 0, 1]]), axis=-1), 1e-300
     )
-    collapsed = (widths.min(axis=1) < MIN_CELL_WIDTH) & np.isfinite(energy_a)
+    ell = (vol / np.maximum(n_atoms, 1)) ** (1.0 / 3.0)  # length per atom, Å
+    thin = widths.min(axis=1)
+    collapsed = ((thin < MIN_CELL_WIDTH) | (thin < MIN_RELATIVE_WIDTH * ell)) & np.isfinite(
+        energy_a
+    )
     collapsed &= np.asarray(status) != STATUS_CODES["single_point"]
     energy_a[collapsed] = np.nan
     status = [STATUS_CODES["invalid"] if c else st for c, st in zip(collapsed, status, strict=True)]
