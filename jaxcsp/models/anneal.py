@@ -399,6 +399,32 @@ def _anneal_dense(
     return _finish(bx, be, gid, num_groups, betas, lam)
 
 
+def _dispatch(
+    impl, key, offset, h, coef, groups, beta_range, penalty, num_sweeps, initial_states,
+    num_replicas, unroll,
+):  # fmt: skip
+    """Check the common arguments and call a jitted annealer (dense ``J`` or low-rank ``W``)."""
+    m = h.shape[0]
+    r = _check_common(num_replicas, num_sweeps, beta_range, initial_states, m, unroll)
+    gid, ng = _group_ids(groups, m)
+    return impl(
+        key,
+        jnp.asarray(offset, h.dtype),
+        h,
+        coef,
+        jnp.asarray(gid),
+        None if beta_range is None else jnp.asarray(beta_range, h.dtype),
+        None if penalty is None else jnp.asarray(penalty, h.dtype),
+        jnp.asarray(num_sweeps, jnp.int32),
+        None if initial_states is None else jnp.asarray(initial_states),
+        num_replicas=r,
+        num_groups=ng,
+        auto_beta=beta_range is None,
+        auto_penalty=penalty is None,
+        unroll=unroll,
+    )
+
+
 def anneal_qubo(
     key: Any,
     offset: Any,
@@ -449,24 +475,10 @@ def anneal_qubo(
         raise InvalidArgumentError(
             f"h must be (M,) and J (M, M), got {h.shape} and {J.shape}", argument="J", value=None
         )
-    r = _check_common(num_replicas, num_sweeps, beta_range, initial_states, m, unroll)
-    gid, ng = _group_ids(groups, m)
-    return _anneal_dense(
-        key,
-        jnp.asarray(offset, h.dtype),
-        h,
-        J,
-        jnp.asarray(gid),
-        None if beta_range is None else jnp.asarray(beta_range, h.dtype),
-        None if penalty is None else jnp.asarray(penalty, h.dtype),
-        jnp.asarray(num_sweeps, jnp.int32),
-        None if initial_states is None else jnp.asarray(initial_states),
-        num_replicas=r,
-        num_groups=ng,
-        auto_beta=beta_range is None,
-        auto_penalty=penalty is None,
-        unroll=unroll,
-    )
+    return _dispatch(
+        _anneal_dense, key, offset, h, J, groups, beta_range, penalty, num_sweeps, initial_states,
+        num_replicas, unroll,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- low-rank path
@@ -571,21 +583,7 @@ def anneal_fm(
         raise InvalidArgumentError(
             f"h must be (M,) and W (K, M), got {h.shape} and {w.shape}", argument="fm", value=None
         )
-    r = _check_common(num_replicas, num_sweeps, beta_range, initial_states, m, unroll)
-    gid, ng = _group_ids(groups, m)
-    return _anneal_lowrank(
-        key,
-        jnp.asarray(offset, h.dtype),
-        h,
-        w,
-        jnp.asarray(gid),
-        None if beta_range is None else jnp.asarray(beta_range, h.dtype),
-        None if penalty is None else jnp.asarray(penalty, h.dtype),
-        jnp.asarray(num_sweeps, jnp.int32),
-        None if initial_states is None else jnp.asarray(initial_states),
-        num_replicas=r,
-        num_groups=ng,
-        auto_beta=beta_range is None,
-        auto_penalty=penalty is None,
-        unroll=unroll,
-    )
+    return _dispatch(
+        _anneal_lowrank, key, offset, h, w, groups, beta_range, penalty, num_sweeps, initial_states,
+        num_replicas, unroll,
+    )  # fmt: skip

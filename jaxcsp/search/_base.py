@@ -68,6 +68,14 @@ class InvalidSearchError(JaxcspError, ValueError):
         super().__init__(f"{field}: {message}")
 
 
+def positive_int(name: str, value: Any) -> int:
+    """``int(value)`` if it is an integer >= 1 (``bool`` refused); else an
+    :class:`InvalidSearchError` naming ``name``."""
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise InvalidSearchError(f"must be a positive integer, got {value!r}", field=name)
+    return int(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Tier:
     """A cheap pre-relaxation before the oracle (FUSE2's tiered relaxation).

@@ -38,20 +38,14 @@ import numpy as np
 
 from jaxcsp.search._base import (
     Evaluation,
-    InvalidSearchError,
     Method,
     Proposal,
     SearchState,
+    positive_int,
     record,
 )
 
 __all__ = ["crysim_search"]
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise InvalidSearchError(f"must be a positive integer, got {value!r}", field=name)
-    return int(value)
 
 
 def crysim_search(
@@ -93,17 +87,17 @@ def crysim_search(
     >>> m.name, m.config["ldr"]
     ('crysim', 8)
     """
-    n_initial = _positive_int("n_initial", n_initial)
-    batch_size = _positive_int("batch_size", batch_size)
+    n_initial = positive_int("n_initial", n_initial)
+    batch_size = positive_int("batch_size", batch_size)
     options = dict(volume_factor=float(volume_factor), distance_factor=float(distance_factor))
     config = dict(
         n_initial=n_initial,
         batch_size=batch_size,
-        ldr=_positive_int("ldr", ldr),
-        rank=_positive_int("rank", rank),
-        num_replicas=_positive_int("num_replicas", num_replicas),
-        num_sweeps=_positive_int("num_sweeps", num_sweeps),
-        fm_epochs=_positive_int("fm_epochs", fm_epochs),
+        ldr=positive_int("ldr", ldr),
+        rank=positive_int("rank", rank),
+        num_replicas=positive_int("num_replicas", num_replicas),
+        num_sweeps=positive_int("num_sweeps", num_sweeps),
+        fm_epochs=positive_int("fm_epochs", fm_epochs),
         learning_rate=float(learning_rate),
         mid_threshold=float(mid_threshold),
         **options,

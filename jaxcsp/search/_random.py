@@ -14,7 +14,14 @@ from typing import Any
 
 import jax
 
-from jaxcsp.search._base import Evaluation, Method, Proposal, SearchState, record
+from jaxcsp.search._base import (
+    Evaluation,
+    Method,
+    Proposal,
+    SearchState,
+    positive_int,
+    record,
+)
 
 __all__ = ["random_search"]
 
@@ -62,13 +69,7 @@ def random_search(
     >>> m.name, m.config["batch_size"]
     ('random', 8)
     """
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        from jaxcsp.search._base import InvalidSearchError
-
-        raise InvalidSearchError(
-            f"must be a positive integer, got {batch_size!r}", field="batch_size"
-        )
-    batch_size = int(batch_size)
+    batch_size = positive_int("batch_size", batch_size)
     options: dict[str, Any] = dict(
         volume_factor=float(volume_factor),
         distance_factor=float(distance_factor),
