@@ -138,6 +138,54 @@ def test_train_reaches_high_heldout_pcc_and_recompiles_nothing():
     assert warm.y_mean == pytest.approx(y2.mean()) and warm.rank == 8
     assert warm.history.epochs <= 3
 
+    # data that grew or shrank within its size bucket (1024 rows) compiles nothing either: a
+    # search adding a batch per iteration does not recompile the fit every iteration
+    with CompileCounter() as cc:
+        train_fm(jax.random.key(2), x[:1017], y[:1017], max_epochs=3, params=model)
+        train_fm(jax.random.key(3), xt[:900], yt[:900], max_epochs=3, params=model)
+    assert cc.count == 0, f"{cc.count} programs compiled"
+
+
+def test_padding_rows_change_nothing():
+    """The fit of 150 samples is the same padded to 192 rows (its bucket) or to 384."""
+    from jaxcsp.models.fm import _bucket, _fit
+
+    assert [_bucket(n) for n in (1, 128, 129, 192, 193, 1000, 1025)] == [
+        128,
+        128,
+        192,
+        192,
+        256,
+        1024,
+        1536,
+    ]
+    rng = np.random.default_rng(5)
+    n, m = 150, 12
+    x = rng.integers(0, 2, (n, m)).astype(float)
+    z = rng.normal(size=n)
+    p0 = {"b": jnp.zeros(()), "h": jnp.zeros(m), "w": jnp.asarray(0.1 * rng.normal(size=(3, m)))}
+    hyper = (*(jnp.asarray(v) for v in (10.0, 1.0, 1e-2, 0.0)), jnp.asarray(40), jnp.asarray(40))
+    out = []
+    for n_pad in (192, 384):
+        xp, zp = np.zeros((n_pad, m)), np.zeros(n_pad)
+        xp[:n], zp[:n] = x, z
+        best, epochs, best_epoch, _ = _fit(
+            jax.random.key(0),
+            jnp.asarray(xp),
+            jnp.asarray(zp),
+            jnp.asarray(n, jnp.int32),
+            jnp.asarray(15, jnp.int32),
+            p0,
+            hyper,
+            batch_size=32,
+            history_len=64,
+        )
+        out.append((best, int(epochs), int(best_epoch)))
+    (a, ea, ba), (b, eb, bb) = out
+    assert (ea, ba) == (eb, bb) and ea == 40
+    for k in ("b", "h", "w"):
+        np.testing.assert_allclose(np.asarray(a[k]), np.asarray(b[k]), rtol=1e-9, atol=1e-12)
+
 
 def test_save_load_round_trip(tmp_path):
     rng = np.random.default_rng(3)

@@ -299,6 +299,33 @@ def test_buckingham_dsf_matches_ewald_madelung():
     np.testing.assert_allclose(e, ewald, rtol=1e-4)
 
 
+def test_buckingham_nacl_is_tosi_fumi_plus_ewald():
+    """The NaCl preset: Tosi-Fumi A = b β exp((σi+σj)/ρ) and C by hand, summed over images
+    (shifted at the cutoff), plus pymatgen's Ewald energy for the formal charges."""
+    from ase.neighborlist import neighbor_list
+    from pymatgen.analysis.ewald import EwaldSummation
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    at = bulk("NaCl", "rocksalt", a=5.70) * (1, 1, 2)
+    at.rattle(0.05, seed=3)
+    s = AseAtomsAdaptor.get_structure(at)
+    s.add_oxidation_state_by_element({"Na": 1, "Cl": -1})
+    b, rho, j_m6 = 0.338e-19 / 1.602176634e-19, 0.317, 0.6241509074
+    sig, n, z = {11: 1.170, 17: 1.585}, {11: 7, 17: 9}, {11: 1, 17: -1}
+    c6 = {(11, 11): 1.68, (11, 17): 11.2, (17, 11): 11.2, (17, 17): 116.0}
+    rc = 12.0
+    i, j, d = neighbor_list("ijd", at, rc)
+    zi, zj = at.numbers[i], at.numbers[j]
+    short = 0.0
+    for a_, b_, r in zip(zi, zj, d, strict=True):
+        big_a = b * (1 + z[a_] / n[a_] + z[b_] / n[b_]) * np.exp((sig[a_] + sig[b_]) / rho)
+        c = c6[(a_, b_)] * j_m6
+        short += 0.5 * (big_a * (np.exp(-r / rho) - np.exp(-rc / rho)) - c * (r**-6 - rc**-6))
+    ref = short + EwaldSummation(s).total_energy
+    e = float(calculate_energy(P.buckingham_nacl(), jio.from_ase([at]))[0])
+    np.testing.assert_allclose(e, ref, rtol=2e-4)
+
+
 def test_float32_follows_input_dtype():
     pot = potential("stillinger_weber")
     c = random_batch("stillinger_weber", seed=1)

@@ -91,3 +91,53 @@ def test_a_collapsed_relaxed_cell_is_an_invalid_candidate(tmp_path):
     ev = _driver._evaluation_from_rows(rows, np.arange(2), proposal, 0, 0.0, [])
     assert ev.ok.tolist() == [True, False]
     assert int(ev.status[1]) == jc.search._base.STATUS_CODES["invalid"]
+
+
+def test_fused_atoms_make_a_relaxed_candidate_invalid(tmp_path):
+    """A Buckingham catastrophe (Cl on top of Cl, 0.3 Å) is invalid, not the best structure."""
+    import numpy as np
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from jaxcsp.search import _driver
+
+    good = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    fused = good.copy()
+    fused.positions[7] = fused.positions[6] + [0.3, 0.0, 0.0]  # two Cl 0.3 Å apart
+    assert not _driver._fused(good) and _driver._fused(fused)
+    con = jc.io.connect_db(tmp_path / "rows.db")
+    for k, (a, e) in enumerate([(good, -32.0), (fused, -1e6)]):
+        a.calc = SinglePointCalculator(a, energy=e)
+        con.write(a, input_id=k, status="converged", force_calls=3)
+    rows = _driver._read_rows(con, np.arange(2))
+    proposal = jc.search.Proposal(jc.io.from_ase([good, good]))
+    ev = _driver._evaluation_from_rows(rows, np.arange(2), proposal, 0, 0.0, [])
+    assert ev.ok.tolist() == [True, False]
+    assert np.isnan(float(ev.enthalpy_per_atom[1]))
+
+
+def test_several_references_are_one_degenerate_ground_truth():
+    """hcp matches [fcc, hcp] but not [fcc] alone (the LJ close packings)."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from jaxcsp.search._driver import _match
+
+    base = jc.io.read("jaxcsp/data/structures/ar_hcp.cif")
+    fcc, hcp = (
+        AseAtomsAdaptor.get_structure(jc.io.to_ase(jc.io.read(f"jaxcsp/data/structures/{f}"))[0])
+        for f in ("ar_fcc.cif", "ar_hcp.cif")
+    )
+    assert _match([fcc, hcp], base, 0.2, 0.3, 5.0)
+    assert not _match([fcc], base, 0.2, 0.3, 5.0)
+
+
+def test_compare_table_prints_both_methods():
+    from jaxcsp.cli.search import _baseline_db, _comparison
+
+    a = dict(oracle_calls=1200, best_enthalpy_per_atom=-4.3366, i_m0=3, calls_to_reference=900)
+    b = dict(oracle_calls=1260, best_enthalpy_per_atom=-4.2, i_m0=None, calls_to_reference=None)
+    text = _comparison([("crysim", a), ("random", b)])
+    assert "crysim" in text and "random" in text and "not found" in text
+    assert "-4.33660" in text and "1260" in text
+    assert _baseline_db("runs/si16.db") == "runs/si16.random.db"
+    assert _baseline_db("search") == "search.random.db"

@@ -17,6 +17,7 @@ Potentials (--potential):
                                      cutoff_mode=truncate,tail_correction=1 for the
                                      long-range tail
   morse[:epsilon=E,alpha=A,r0=R0,cutoff=R]
+  nacl[:cutoff=R,alpha=A]            NaCl: Tosi-Fumi Buckingham + DSF Coulomb
   sw                                 Stillinger-Weber silicon
   tersoff[:FILE]                     Tersoff from a LAMMPS file (default: PyXtal's Si.tersoff)
   sevennet | chgnet                  pretrained universal MLIPs (needs the `mlip` extra)
@@ -67,6 +68,8 @@ def make_potential(spec: str):
         return potentials.lennard_jones(**_kv(rest))
     if name == "morse":
         return potentials.morse(**_kv(rest))
+    if name in ("nacl", "buckingham_nacl"):
+        return potentials.buckingham_nacl(**_kv(rest))
     if name in ("sw", "stillinger_weber"):
         return potentials.stillinger_weber(**_kv(rest))
     if name == "tersoff":
@@ -78,7 +81,9 @@ def make_potential(spec: str):
         from jaxcsp.potentials import external
 
         return getattr(external, name)()
-    raise JaxcspError(f"unknown potential {spec!r} (lj, morse, sw, tersoff, sevennet, chgnet)")
+    raise JaxcspError(
+        f"unknown potential {spec!r} (lj, morse, nacl, sw, tersoff, sevennet, chgnet)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,12 +23,14 @@ Methods (--method):
                 single points first, then --batch-size candidates per iteration
 
 Potentials (--potential) as for `jaxcsp relax`: sw, tersoff, lj:sigma=S,epsilon=E,cutoff=R,
-morse:..., sevennet, chgnet.
+morse:..., nacl (Tosi-Fumi Buckingham + DSF Coulomb), sevennet, chgnet.
 
 examples:
   jaxcsp search --composition Si8 --reference jaxcsp/data/structures/si_diamond.cif --plot si8.png
   jaxcsp search --reference jaxcsp/data/structures/si_diamond.cif --until-found --seed 4
-  jaxcsp search --composition Ar8 --potential lj:sigma=3.4,epsilon=0.0104,cutoff=12 --db ar8.db"""
+  jaxcsp search --composition Ar8 --potential lj:sigma=3.4,epsilon=0.0104,cutoff=12 --db ar8.db
+  jaxcsp search --method crysim --iterations 300 --reference jaxcsp/data/structures/si_diamond.cif \
+      --until-found --compare random --plot crysim.png"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,7 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reference",
         metavar="KNOWN.cif",
-        help="known ground truth: reports I_M,0, N_E, N_M and marks matching rows",
+        nargs="+",
+        help="known ground truth: reports I_M,0, N_E, N_M and marks matching rows; several "
+        "files are one degenerate ground truth (e.g. fcc.cif hcp.cif), any one matches",
     )
     p.add_argument(
         "--until-found",
@@ -66,11 +70,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--n-initial", type=int, default=1000, help="crysim: random initial single points (1000)"
     )
     p.add_argument("--ldr", type=int, default=8, help="crysim: voxels per cell edge (8)")
+    p.add_argument(
+        "--volume-factor",
+        type=float,
+        default=1.1,
+        help="random structures' volume over the covalent spheres' (1.1; ~7 for LJ argon)",
+    )
+    p.add_argument(
+        "--distance-factor",
+        type=float,
+        default=0.5,
+        help="random structures' closest pair over the covalent radii sum (0.5)",
+    )
     p.add_argument("--fmax", type=float, default=0.01, help="force threshold, eV/Å (0.01)")
     p.add_argument("--max-steps", type=int, default=1000, help="steps per relaxation (1000)")
     p.add_argument("--fixed-cell", action="store_true", help="relax positions only")
     p.add_argument("--window", type=float, default=0.1, help="N_low_E window, eV/atom (0.1)")
     p.add_argument("--top", type=int, default=10, help="rows of the ranked table (10)")
+    p.add_argument(
+        "--compare",
+        choices=("random",),
+        help="also run random search (same seed, potential, relaxation, reference and batch "
+        "size) on as many oracle calls as the method spent, into OUT.random.db, and print "
+        "both side by side",
+    )
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -123,6 +146,47 @@ def _metrics_text(m: dict, window: float) -> str:
     return "\n".join(lines)
 
 
+_COMPARED = (
+    ("oracle calls", "oracle_calls", "{}"),
+    ("structures evaluated", "n_evaluated", "{}"),
+    ("distinct (N_unique)", "n_unique", "{}"),
+    ("best eV/atom", "best_enthalpy_per_atom", "{:.5f}"),
+    ("N_low_E", "n_low_e", "{}"),
+    ("I_M,0 (iteration)", "i_m0", "{}"),
+    ("calls to reference", "calls_to_reference", "{}"),
+    ("N_M", "n_m", "{}"),
+    ("N_E", "n_e", "{}"),
+    ("wall time s", "wall_s", "{:.1f}"),
+)
+
+
+def _comparison(named: list[tuple[str, dict]]) -> str:
+    """Side-by-side metrics of several searches (rich table as text)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="same oracle, same budget")
+    t.add_column("metric")
+    for name, _ in named:
+        t.add_column(name, justify="right")
+    for label, key, fmt in _COMPARED:
+        if not any(key in m for _, m in named):
+            continue
+        t.add_row(
+            label,
+            *("not found" if m.get(key) is None else fmt.format(m[key]) for _, m in named),
+        )
+    console = Console(record=True, width=100)
+    with console.capture() as cap:
+        console.print(t)
+    return cap.get()
+
+
+def _baseline_db(db: str) -> str:
+    stem = db[: -len(".db")] if db.endswith(".db") else db
+    return f"{stem}.random.db"
+
+
 def run(args: argparse.Namespace) -> int:
     from ase.units import GPa
 
@@ -146,23 +210,23 @@ def run(args: argparse.Namespace) -> int:
     check_real("window", args.window, unit="eV/atom")
     check_int("max_steps", args.max_steps)
     check_int("top", args.top)
+    check_real("volume_factor", args.volume_factor)
+    check_real("distance_factor", args.distance_factor)
+    rules = dict(volume_factor=args.volume_factor, distance_factor=args.distance_factor)
     if args.method == "crysim":
-        method = search.crysim_search(
-            args.n_initial, 8 if args.batch_size is None else args.batch_size, ldr=args.ldr
-        )
+        batch = 8 if args.batch_size is None else args.batch_size
+        method = search.crysim_search(args.n_initial, batch, ldr=args.ldr, **rules)
     else:
-        method = search.random_search(64 if args.batch_size is None else args.batch_size)
+        batch = 64 if args.batch_size is None else args.batch_size
+        method = search.random_search(batch, **rules)
+    compare = args.compare if args.compare != args.method else None
     connect_db(args.db)
+    if compare:
+        connect_db(_baseline_db(args.db))
     pot = make_potential(args.potential)
-    oracle = search.Oracle(pot, budget=budget)
     search.check_setup(args.composition, pot)
-    result = search.run(
-        method,
-        args.composition,
-        oracle,
-        db=args.db,
+    common = dict(
         seed=args.seed,
-        max_iterations=args.max_iterations,
         fmax=args.fmax,
         cell_filter=None if args.fixed_cell else "frechet",
         pressure=args.pressure * GPa,
@@ -172,14 +236,38 @@ def run(args: argparse.Namespace) -> int:
         stop_at_reference=args.until_found,
         progress=not args.quiet,
     )
+    result = search.run(
+        method,
+        args.composition,
+        search.Oracle(pot, budget=budget),
+        db=args.db,
+        max_iterations=args.max_iterations,
+        **common,
+    )
     m = result.metrics
+    baseline = None
+    if compare:
+        # the baseline gets the calls the method spent, in batches of the method's size; it
+        # may overshoot by its last batch, which is why "calls to reference" is printed too
+        baseline = search.run(
+            search.random_search(batch, **rules),
+            args.composition,
+            search.Oracle(pot, budget=max(1, m["oracle_calls"])),
+            db=_baseline_db(args.db),
+            **common,
+        )
     if args.json:
-        print(json.dumps(m, default=float))
+        out = dict(m) if baseline is None else {args.method: m, compare: baseline.metrics}
+        print(json.dumps(out, default=float))
     else:
         print(_table(result, args.top), end="")
         print(_metrics_text(m, args.window))
+        if baseline is not None:
+            print(_comparison([(args.method, m), (compare, baseline.metrics)]), end="")
     if args.plot:
-        search.plot_search(result, args.plot)
+        search.plot_search(result, args.plot, compare=() if baseline is None else (baseline,))
         print(f"plot: {args.plot}")
     print(f"database: {args.db}")
+    if baseline is not None:
+        print(f"baseline database: {_baseline_db(args.db)}")
     return 0

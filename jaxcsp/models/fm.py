@@ -314,25 +314,46 @@ def _weighted_metrics(pred: Array, z: Array, m: Array) -> tuple[Array, Array]:
     return mse, pcc
 
 
-@functools.partial(jax.jit, static_argnames=("n_val", "batch_size", "history_len"))
-def _fit(key, x, z, params, hyper, *, n_val, batch_size, history_len):
-    """The whole training run as one program; see :func:`train_fm`."""
+def _bucket(n: int) -> int:
+    """Padded sample count for ``n`` samples: 128, 192, 256, 384, 512, 768, 1024, ... (≤ 1.5×).
+
+    Training data that grows by a few samples per search iteration keeps one compiled program
+    per bucket instead of one per size.
+    """
+    size = 128
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
+
+
+def _row_uniform(key: Array, idx: Array) -> Array:
+    """One uniform number per row index, independent of how many rows there are (padding)."""
+    return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(idx)
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "history_len"))
+def _fit(key, x, z, n, n_val, params, hyper, *, batch_size, history_len):
+    """The whole training run as one program; see :func:`train_fm`.
+
+    ``x (P, M)`` and ``z (P,)`` are padded to ``P`` rows; the first ``n`` (traced) are data, of
+    which a random ``n_val`` (traced; 0: validate on the training set) are held out.
+    """
     alpha, beta, lr, wd, max_epochs, patience = hyper
-    n = x.shape[0]
+    n_pad = x.shape[0]
     dtype = params["h"].dtype
+    idx = jnp.arange(n_pad)
+    valid = idx < n
     key, kperm = jax.random.split(key)
-    perm = jax.random.permutation(kperm, n)
-    if n_val > 0:
-        val_idx, tr_idx = perm[:n_val], perm[n_val:]
-    else:
-        val_idx = tr_idx = perm
-    x_tr, z_tr, x_val, z_val = x[tr_idx], z[tr_idx], x[val_idx], z[val_idx]
-    n_tr = x_tr.shape[0]
-    n_batches = -(-n_tr // batch_size)
-    pad = n_batches * batch_size - n_tr
-    mask = jnp.concatenate([jnp.ones((n_tr,), dtype), jnp.zeros((pad,), dtype)])
-    mask = mask.reshape(n_batches, batch_size)
-    ones_val = jnp.ones((x_val.shape[0],), dtype)
+    # a random order of the data rows, padding last; its first n_val rows are the validation set
+    perm = jnp.argsort(jnp.where(valid, _row_uniform(kperm, idx), 2.0))
+    pos = jnp.zeros((n_pad,), jnp.int32).at[perm].set(idx.astype(jnp.int32))
+    held = n_val > 0
+    train_w = valid & jnp.where(held, pos >= n_val, True)
+    val_w = jnp.where(held, valid & (pos < n_val), valid).astype(dtype)
+    n_tr = jnp.where(held, n - n_val, n)
+    n_batches = -(-n_pad // batch_size)
+    slots = jnp.arange(n_batches * batch_size).reshape(n_batches, batch_size)
+    mask = (slots < n_tr).astype(dtype)
 
     opt = optax.chain(optax.add_decayed_weights(wd), optax.adam(lr))
 
@@ -340,19 +361,31 @@ def _fit(key, x, z, params, hyper, *, n_val, batch_size, history_len):
         mse, pcc = _weighted_metrics(_fm_energy(p["b"], p["h"], p["w"], xb), zb, mb)
         return alpha * mse - beta * pcc
 
-    def step(carry, batch):
+    def update(carry, batch):
         p, s = carry
-        idx, mb = batch
-        loss, g = jax.value_and_grad(loss_fn)(p, x_tr[idx], z_tr[idx], mb)
+        idx_b, mb = batch
+        loss, g = jax.value_and_grad(loss_fn)(p, x[idx_b], z[idx_b], mb)
         updates, s = opt.update(g, s, p)
         return (optax.apply_updates(p, updates), s), loss * jnp.sum(mb)
+
+    def step(carry, batch):
+        # batches past the data (padding only) leave parameters and Adam's moments untouched
+        return jax.lax.cond(
+            jnp.any(batch[1] > 0),
+            update,
+            lambda c, _: (c, jnp.zeros((), dtype)),
+            carry,
+            batch,
+        )
 
     def epoch(carry):
         p, s, k, e, best_p, best_loss, best_e, hist = carry
         k, ke = jax.random.split(k)
-        order = jnp.concatenate([jax.random.permutation(ke, n_tr), jnp.zeros((pad,), int)])
+        # the training rows in a random order, then the rest (masked out)
+        order = jnp.argsort(jnp.where(train_w, _row_uniform(ke, idx), 2.0))
+        order = jnp.concatenate([order, jnp.zeros((n_batches * batch_size - n_pad,), int)])
         (p, s), losses = jax.lax.scan(step, (p, s), (order.reshape(n_batches, -1), mask))
-        mse, pcc = _weighted_metrics(_fm_energy(p["b"], p["h"], p["w"], x_val), z_val, ones_val)
+        mse, pcc = _weighted_metrics(_fm_energy(p["b"], p["h"], p["w"], x), z, val_w)
         vloss = alpha * mse - beta * pcc
         better = vloss < best_loss
         best_p = jax.tree.map(lambda a, b: jnp.where(better, a, b), p, best_p)
@@ -420,9 +453,12 @@ def train_fm(
     parameters of the best validation epoch are returned.
 
     One compiled program runs the whole fit; ``alpha``, ``beta``, ``learning_rate``,
-    ``weight_decay``, ``max_epochs`` and ``patience`` are traced, so calling again with data of
-    the same shapes (``batch_size`` unchanged, and ``max_epochs`` at most 1024 or in the same
-    power-of-two bucket above) compiles nothing.
+    ``weight_decay``, ``max_epochs`` and ``patience`` are traced and the samples are padded to
+    a size bucket (128, 192, 256, 384, 512, ..., at most 1.5× the data; padding is masked out of
+    every loss, split and minibatch), so calling again with as many bits ``M``, ``batch_size``
+    unchanged, ``N`` in the same bucket and ``max_epochs`` at most 1024 (or in the same
+    power-of-two bucket above) compiles nothing: a search whose data grows every iteration
+    compiles once per bucket.
 
     Args:
       key: ``jax.random`` key (initialisation, split and minibatch order).
@@ -434,7 +470,7 @@ def train_fm(
       learning_rate: Adam's step size (constant).
       weight_decay: L2 coefficient added to the gradient (PyTorch-Adam style), ``>= 0``.
       max_epochs: upper bound on epochs.
-      batch_size: minibatch size (clipped to the number of training samples).
+      batch_size: minibatch size (a training set smaller than it is one weighted partial batch).
       patience: epochs without validation improvement before stopping (default:
         ``max_epochs // 2``).
       val_fraction: fraction of samples held out for validation and early stopping, in
@@ -500,14 +536,20 @@ def train_fm(
     floats = (alpha, beta, learning_rate, weight_decay)
     ints = (max_epochs, patience)
     hyper = (*(jnp.asarray(v, dtype) for v in floats), *(jnp.asarray(v, jnp.int32) for v in ints))
+    n_pad = _bucket(n)
+    x_pad = np.zeros((n_pad, m), dtype)
+    x_pad[:n] = x
+    z_pad = np.zeros(n_pad, dtype)
+    z_pad[:n] = z
     best, epochs, best_epoch, hist = _fit(
         key,
-        jnp.asarray(x, dtype),
-        jnp.asarray(z, dtype),
+        jnp.asarray(x_pad),
+        jnp.asarray(z_pad),
+        jnp.asarray(n, jnp.int32),
+        jnp.asarray(n_val, jnp.int32),
         p0,
         hyper,
-        n_val=n_val,
-        batch_size=min(batch_size, n - n_val),
+        batch_size=min(batch_size, n_pad),
         history_len=history_len,
     )
     epochs = int(epochs)

@@ -1,7 +1,8 @@
 """Interatomic potentials: a small ``Potential`` protocol and classical models on multi-image lists.
 
 * :class:`Potential` — pure energy of one crystal and its neighbors (see :mod:`._base`).
-* Pair potentials: :func:`lennard_jones`, :func:`morse`, :func:`buckingham` (+ DSF Coulomb).
+* Pair potentials: :func:`lennard_jones`, :func:`morse`, :func:`buckingham` (+ DSF Coulomb;
+  :func:`buckingham_nacl`, Tosi–Fumi NaCl).
 * Many-body: :func:`stillinger_weber` (Si defaults), :func:`tersoff` (LAMMPS parameter files).
 * :mod:`jaxcsp.potentials.external` — pretrained MLIPs (SevenNet-0, CHGNet) bridged into JAX
   (optional extra ``mlip``); :func:`host_potential` — the same bridge for any batched host model;
@@ -18,13 +19,20 @@ from jaxcsp.potentials._manybody import (
     stillinger_weber,
     tersoff,
 )
-from jaxcsp.potentials._pair import COULOMB_CONSTANT, buckingham, lennard_jones, morse
+from jaxcsp.potentials._pair import (
+    COULOMB_CONSTANT,
+    buckingham,
+    buckingham_nacl,
+    lennard_jones,
+    morse,
+)
 
 __all__ = [
     "COULOMB_CONSTANT",
     "ParameterFileError",
     "Potential",
     "buckingham",
+    "buckingham_nacl",
     "check_elements",
     "check_species",
     "host_potential",

@@ -66,6 +66,7 @@ def search_metrics(
     Returns:
       dict with ``n_evaluated``, ``n_valid``, ``n_unique``, ``n_low_e``, ``best_enthalpy_per_atom``
       (eV/atom), ``oracle_calls``, ``tier_calls`` (list), and with a reference ``i_m0``,
+      ``calls_to_reference`` (oracle calls spent when the first match finished, or ``None``),
       ``n_e``, ``n_m``, ``reference_energy_per_atom``.
     """
     labels = np.asarray(labels)
@@ -89,6 +90,12 @@ def search_metrics(
         it = np.asarray(archive.iteration)
         out["i_m0"] = int(it[m].min()) if m.any() else None
         out["n_m"] = int(m.sum())
+        # oracle calls spent up to and including the first match, in candidate-id order: a
+        # budget measure that compares methods whose iterations differ in size
+        order = np.argsort(np.asarray(archive.ids), kind="stable")
+        calls = np.cumsum(np.asarray(archive.oracle_calls, np.int64)[order])
+        first = np.flatnonzero(m[order])
+        out["calls_to_reference"] = int(calls[first[0]]) if first.size else None
     if reference_energy is not None:
         out["reference_energy_per_atom"] = float(reference_energy)
         out["n_e"] = int((ok & (h <= reference_energy + energy_tol)).sum())

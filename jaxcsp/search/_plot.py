@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -11,7 +12,9 @@ from jaxcsp.search._metrics import best_vs_calls
 __all__ = ["plot_search"]
 
 
-def plot_search(result, path: str | os.PathLike, *, title: str | None = None) -> str:
+def plot_search(
+    result, path: str | os.PathLike, *, title: str | None = None, compare: Sequence = ()
+) -> str:
     """Save the energy-vs-oracle-calls plot of a search (matplotlib, Agg backend).
 
     Every candidate is a dot (its relaxed enthalpy per atom, eV/atom, at the cumulative oracle
@@ -21,6 +24,8 @@ def plot_search(result, path: str | os.PathLike, *, title: str | None = None) ->
       result: a :class:`~jaxcsp.search.SearchResult`.
       path: output image path (PNG, PDF, ...).
       title: figure title (default: method and composition).
+      compare: other searches of the same composition (e.g. the random baseline of
+        ``jaxcsp search --compare random``), drawn as their running best only.
 
     Returns:
       the path written.
@@ -42,8 +47,17 @@ def plot_search(result, path: str | os.PathLike, *, title: str | None = None) ->
         np.where(np.isfinite(best), best, np.nan),
         where="post",
         color="tab:blue",
-        label="lowest found",
+        label=f"lowest found ({result.state.method})",
     )
+    for other, color in zip(compare, ("tab:orange", "tab:green", "tab:purple"), strict=False):
+        c_calls, c_best = best_vs_calls(other.state.archive)
+        ax.step(
+            c_calls,
+            np.where(np.isfinite(c_best), c_best, np.nan),
+            where="post",
+            color=color,
+            label=f"lowest found ({other.state.method})",
+        )
     if result.reference_energy is not None:
         ax.axhline(result.reference_energy, ls="--", color="tab:red", label="reference")
     if ok.any():
