@@ -7,6 +7,8 @@
 * ``kill -9`` in the middle of a search, then a rerun: every candidate is in the database once
   and the final ranking equals that of an uninterrupted run with the same seed.
 * CRYSIM on Si8 finds diamond in at least two of three seeds.
+* Basin hopping from the CLI with a cheap tier, random and pool initial populations and the
+  random baseline side by side, resumed to the same numbers.
 """
 
 from __future__ import annotations
@@ -149,3 +151,37 @@ def test_crysim_finds_diamond_in_two_of_three_seeds(tmp_path, capsys):
         if sum(found) >= 2:
             break
     assert sum(found) >= 2, found
+
+
+def test_cli_basin_with_a_cheap_tier_and_two_initial_populations(tmp_path, capsys):
+    """Si8 on Stillinger-Weber with a Tersoff pre-relaxation: random and pool initial
+    populations on the same budget, side by side with random search; every candidate a row
+    with its tier calls; rerunning resumes to the same metrics."""
+    import json
+
+    from ase.build import bulk
+    from ase.io import write
+
+    from jaxcsp.cli import main
+
+    pool = tmp_path / "pool.extxyz"
+    write(pool, [bulk("Si", "diamond", a=5.5, cubic=True)] * 2)
+    db = tmp_path / "b.db"
+    argv = ["search", "--method", "basin", "--composition", "Si8", "--population", "3"]
+    argv += ["--iterations", "2", "--tier", "tersoff", "--db", str(db), "--quiet"]
+    argv += ["--init", "random", f"pool:{pool}", "--compare", "random", "--json"]
+    argv += ["--reference", DIAMOND]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert set(out) == {"basin (random)", f"basin (pool:{pool})", "random"}
+    pooled = out[f"basin (pool:{pool})"]
+    assert pooled["i_m0"] == 0  # the pool's diamonds are in the initial population
+    assert pooled["n_evaluated"] == 6 and out["basin (random)"]["n_evaluated"] == 6
+    assert all(v["tier_calls"][0] > 0 for v in out.values())
+    rows = list(jc.io.connect_db(db).select())
+    assert len(rows) == 6 and all(r.tier_calls > 0 for r in rows)
+    assert main(argv) == 0  # resumed from the three databases: same numbers
+    again = json.loads(capsys.readouterr().out.splitlines()[0])
+    for k in out:
+        for f in ("oracle_calls", "best_enthalpy_per_atom", "i_m0", "n_unique"):
+            assert again[k][f] == out[k][f], (k, f)

@@ -21,6 +21,11 @@ Methods (--method):
   crysim        CRYSIM: a factorization machine on symmetry-informed bit vectors, annealed
                 in JAX, decoded (largest minimum distance), relaxed; --n-initial random
                 single points first, then --batch-size candidates per iteration
+  basin         basin hopping (FUSE2): a population (--population 25) of relaxed structures,
+                each moved every iteration by one of FUSE2's moves (swaps, voids, blocks,
+                layers, cell shapes, strains, doubling/halving, new structures), relaxed
+                together (--tier POTENTIAL first), accepted by Metropolis at --temperature;
+                --init random pool:FILE compares initial populations on the same budget
 
 Potentials (--potential) as for `jaxcsp relax`: sw, tersoff, lj:sigma=S,epsilon=E,cutoff=R,
 morse:..., nacl (Tosi-Fumi Buckingham + DSF Coulomb), sevennet, chgnet.
@@ -30,11 +35,15 @@ examples:
   jaxcsp search --reference jaxcsp/data/structures/si_diamond.cif --until-found --seed 4
   jaxcsp search --composition Ar8 --potential lj:sigma=3.4,epsilon=0.0104,cutoff=12 --db ar8.db
   jaxcsp search --method crysim --iterations 300 --reference jaxcsp/data/structures/si_diamond.cif \
-      --until-found --compare random --plot crysim.png"""
+      --until-found --compare random --plot crysim.png
+  jaxcsp search --method basin --composition Si16 --init random pool:generated.extxyz \
+      --reference jaxcsp/data/structures/si_diamond.cif --compare random"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default="random", choices=("random", "crysim"), help="search method")
+    p.add_argument(
+        "--method", default="random", choices=("random", "crysim", "basin"), help="search method"
+    )
     p.add_argument(
         "--composition", default="Si8", help="unit-cell composition, e.g. Si8 or Na4Cl4 (Si8)"
     )
@@ -44,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         help="oracle budget in energy/force evaluations; the search stops at the end of the "
         "iteration that spends it (random: 2000, one iteration of 64 Si8 candidates at ~36 "
-        "calls each; crysim: none when --iterations is given, else 6000)",
+        "calls each; crysim: none when --iterations is given, else 6000; basin: 100000)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--db", default="search.db", metavar="OUT.db", help="ASE database (search.db)")
@@ -62,7 +71,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--pressure", type=float, default=0.0, help="pressure in GPa (0)")
     p.add_argument("--plot", metavar="OUT.png", help="save best enthalpy vs oracle calls")
-    p.add_argument("--batch-size", type=int, help="candidates per iteration (random 64, crysim 8)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="candidates per iteration (random 64, crysim 8, basin: --population)",
+    )
     p.add_argument(
         "--max-iterations", "--iterations", type=int, help="stop after this many iterations"
     )
@@ -81,6 +94,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.5,
         help="random structures' closest pair over the covalent radii sum (0.5)",
+    )
+    p.add_argument("--population", type=int, default=25, help="basin: members (25)")
+    p.add_argument(
+        "--temperature", type=float, default=0.01, help="basin: Metropolis kT, eV/atom (0.01)"
+    )
+    p.add_argument(
+        "--reset-after",
+        type=int,
+        default=20,
+        help="basin: iterations without improving before a member restarts (20)",
+    )
+    p.add_argument(
+        "--min-atoms",
+        type=int,
+        help="basin: smallest cell in atoms (default: the composition's; lower it to let "
+        "doubling/halving change the cell size)",
+    )
+    p.add_argument(
+        "--symmetrize", action="store_true", help="basin: spglib-symmetrise moved structures"
+    )
+    p.add_argument(
+        "--init",
+        nargs="+",
+        default=["random"],
+        metavar="INIT",
+        help="basin: initial population, 'random' or 'pool:FILE' (structures a generator made; "
+        "random ones fill in); several run one after another on the same budget and are "
+        "reported side by side (the first into OUT.db, the others into OUT.init<k>.db)",
+    )
+    p.add_argument(
+        "--tier",
+        metavar="POTENTIAL",
+        help="a cheap potential that pre-relaxes every candidate before the oracle (counted "
+        "apart, fmax 0.05 eV/Å)",
     )
     p.add_argument("--fmax", type=float, default=0.01, help="force threshold, eV/Å (0.01)")
     p.add_argument("--max-steps", type=int, default=1000, help="steps per relaxation (1000)")
@@ -157,6 +204,7 @@ _COMPARED = (
     ("N_M", "n_m", "{}"),
     ("N_E", "n_e", "{}"),
     ("wall time s", "wall_s", "{:.1f}"),
+    ("time per structure s", "s_per_structure", "{:.3f}"),
 )
 
 
@@ -180,6 +228,43 @@ def _comparison(named: list[tuple[str, dict]]) -> str:
     with console.capture() as cap:
         console.print(t)
     return cap.get()
+
+
+def _init_db(db: str, k: int) -> str:
+    stem = db[: -len(".db")] if db.endswith(".db") else db
+    return f"{stem}.init{k}.db"
+
+
+def _generator(init: str, rules: dict):
+    """The basin-hopping generator of an ``--init`` value (``random`` or ``pool:FILE``)."""
+    from jaxcsp import search
+
+    if init == "random":
+        return None
+    kind, _, path = init.partition(":")
+    if kind == "pool" and path:
+        import pathlib
+
+        if not pathlib.Path(path).exists():
+            raise search.InvalidSearchError(f"no such file {path!r}", field="init")
+        gen = search.pool_generator(path, fallback=search.random_generator(**rules))
+        gen.__name__ = init
+        return gen
+    raise search.InvalidSearchError(
+        f"must be 'random' or 'pool:FILE' (a file of generated structures), got {init!r}",
+        field="init",
+    )
+
+
+def _moves_text(pop: dict) -> str:
+    """One line per move: proposed, accepted, skipped (basin hopping)."""
+    rows = [
+        f"{name} {int(p)}/{int(a)}/{int(k)}"
+        for name, p, a, k in zip(
+            pop["moves"], pop["proposed"], pop["accepted"], pop["skipped"], strict=True
+        )
+    ]
+    return f"moves proposed/accepted/skipped ({int(pop['resets'])} resets): " + ", ".join(rows)
 
 
 def _baseline_db(db: str) -> str:
@@ -213,17 +298,39 @@ def run(args: argparse.Namespace) -> int:
     check_real("volume_factor", args.volume_factor)
     check_real("distance_factor", args.distance_factor)
     rules = dict(volume_factor=args.volume_factor, distance_factor=args.distance_factor)
+    tiers = ()
+    inits = [(str(x), x) for x in args.init] if args.method == "basin" else [("", None)]
     if args.method == "crysim":
         batch = 8 if args.batch_size is None else args.batch_size
-        method = search.crysim_search(args.n_initial, batch, ldr=args.ldr, **rules)
+        methods = [search.crysim_search(args.n_initial, batch, ldr=args.ldr, **rules)]
+    elif args.method == "basin":
+        batch = args.population if args.batch_size is None else args.batch_size
+        if budget is None:
+            budget = 100_000
+        methods = [
+            search.basin_hopping(
+                batch,
+                temperature=args.temperature,
+                reset_after=args.reset_after,
+                min_atoms=args.min_atoms,
+                symmetrize=args.symmetrize,
+                generator=_generator(init, rules),
+                **rules,
+            )
+            for _, init in inits
+        ]
     else:
         batch = 64 if args.batch_size is None else args.batch_size
-        method = search.random_search(batch, **rules)
+        methods = [search.random_search(batch, **rules)]
+    dbs = [args.db] + [_init_db(args.db, k) for k in range(1, len(methods))]
     compare = args.compare if args.compare != args.method else None
-    connect_db(args.db)
+    for db in dbs:
+        connect_db(db)
     if compare:
         connect_db(_baseline_db(args.db))
     pot = make_potential(args.potential)
+    if args.tier:
+        tiers = (search.Tier(make_potential(args.tier), name="tier"),)
     search.check_setup(args.composition, pot)
     common = dict(
         seed=args.seed,
@@ -236,15 +343,24 @@ def run(args: argparse.Namespace) -> int:
         stop_at_reference=args.until_found,
         progress=not args.quiet,
     )
-    result = search.run(
-        method,
-        args.composition,
-        search.Oracle(pot, budget=budget),
-        db=args.db,
-        max_iterations=args.max_iterations,
-        **common,
-    )
+    results = []
+    for method, db in zip(methods, dbs, strict=True):
+        r = search.run(
+            method,
+            args.composition,
+            search.Oracle(pot, budget=budget, tiers=tiers),
+            db=db,
+            max_iterations=args.max_iterations,
+            **common,
+        )
+        r.metrics["s_per_structure"] = r.metrics["wall_s"] / max(1, r.metrics["n_evaluated"])
+        results.append(r)
+    result = results[0]
     m = result.metrics
+    named = [
+        (args.method if len(results) == 1 else f"{args.method} ({label})", r.metrics)
+        for (label, _), r in zip(inits, results, strict=True)
+    ]
     baseline = None
     if compare:
         # the baseline gets the calls the method spent, in batches of the method's size; it
@@ -252,22 +368,28 @@ def run(args: argparse.Namespace) -> int:
         baseline = search.run(
             search.random_search(batch, **rules),
             args.composition,
-            search.Oracle(pot, budget=max(1, m["oracle_calls"])),
+            search.Oracle(pot, budget=max(1, m["oracle_calls"]), tiers=tiers),
             db=_baseline_db(args.db),
             **common,
         )
+        bm = baseline.metrics
+        bm["s_per_structure"] = bm["wall_s"] / max(1, bm["n_evaluated"])
+        named.append((compare, bm))
     if args.json:
-        out = dict(m) if baseline is None else {args.method: m, compare: baseline.metrics}
+        out = dict(m) if len(named) == 1 else dict(named)
         print(json.dumps(out, default=float))
     else:
         print(_table(result, args.top), end="")
         print(_metrics_text(m, args.window))
-        if baseline is not None:
-            print(_comparison([(args.method, m), (compare, baseline.metrics)]), end="")
+        if args.method == "basin":
+            print(_moves_text(result.state.population))
+        if len(named) > 1:
+            print(_comparison(named), end="")
     if args.plot:
-        search.plot_search(result, args.plot, compare=() if baseline is None else (baseline,))
+        others = tuple(results[1:]) + (() if baseline is None else (baseline,))
+        search.plot_search(result, args.plot, compare=others)
         print(f"plot: {args.plot}")
-    print(f"database: {args.db}")
+    print(f"database: {', '.join(dbs)}")
     if baseline is not None:
         print(f"baseline database: {_baseline_db(args.db)}")
     return 0

@@ -23,6 +23,7 @@ from jaxcsp.search._base import (
     Tier,
     record,
 )
+from jaxcsp.search._basin import basin_hopping, pool_generator, random_generator
 from jaxcsp.search._crysim import crysim_search
 from jaxcsp.search._crysim_encoding import (
     CrysimEncoding,
@@ -56,6 +57,7 @@ __all__ = [
     "SearchResult",
     "SearchState",
     "Tier",
+    "basin_hopping",
     "best_vs_calls",
     "check_setup",
     "crysim_encoding",
@@ -68,7 +70,9 @@ __all__ = [
     "evaluate",
     "fingerprints",
     "plot_search",
+    "pool_generator",
     "prefilter_pairs",
+    "random_generator",
     "random_search",
     "rank",
     "record",
