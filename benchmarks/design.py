@@ -1,4 +1,4 @@
-"""Design stage (seed 001, Algorithm 1) vs PyXtal's per-structure CPU optimizer, same candidates.
+"""Design stage (descriptor optimisation, Algorithm 1) vs PyXtal's CPU optimizer, same candidates.
 
 Ours: :func:`jaxcsp.design.design` on ``--n`` random symmetric carbon candidates (batched
 Algorithm 1, one jitted step per batch; timed on a second, warm run so compilation is reported

@@ -1,6 +1,6 @@
 """Tiny benchmark harness shared by every script in ``benchmarks/``.
 
-Rules (STYLE.md #14): compile/warm up first and exclude it; ``block_until_ready`` on every
+Rules: compile/warm up first and exclude it; ``block_until_ready`` on every
 output; report the median of repeats; print our time, the peer's time (measured in the same run)
 and the ratio; append one JSON line per comparison to ``benchmarks/results/<suite>.jsonl`` with the
 machine description so numbers from different machines are never mixed up. Never assert a time.

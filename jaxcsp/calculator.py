@@ -1,6 +1,6 @@
 """Energy, forces and stress of a batch of crystals from any :class:`~jaxcsp.potentials.Potential`.
 
-Contract (DESIGN.md §4, §5):
+Contract:
 
 * :func:`calculate` (host side) checks species coverage, builds neighbor lists whose capacity is
   chosen outside ``jit`` from the data (never truncated; :func:`jaxcsp.neighbors.neighbor_list`

@@ -1,6 +1,6 @@
 """The ``Crystals`` batch: a padded, frozen pytree of periodic structures.
 
-Contract (DESIGN.md §3):
+Contract:
 
 * ``lattice`` ``(B, 3, 3)`` float — rows are the lattice vectors **a**, **b**, **c** in Å.
 * ``frac`` ``(B, N, 3)`` float — fractional coordinates; Cartesian positions are

@@ -1,6 +1,6 @@
 """Batched periodic neighbor lists (fixed capacity, any cell, jit/vmap/grad-safe).
 
-Contract (DESIGN.md §3):
+Contract:
 
 * :class:`Neighbors` — ``index (B, N, K)`` int32, integer image ``shift (B, N, K, 3)`` int32,
   ``mask (B, N, K)`` bool and ``overflow (B,)`` bool; ``cutoff`` (Å) is static metadata.

@@ -1,6 +1,6 @@
 """Batched periodic neighbor-list candidate test: Pallas kernel, jitted wrapper, jnp reference.
 
-Layout of this file (STYLE.md #8): the kernel :func:`_candidate_kernel`, the jitted wrapper
+Layout of this file: the kernel :func:`_candidate_kernel`, the jitted wrapper
 :func:`neighbor_list` (``interpret`` flag, static block sizes, shape checks), the shared pieces
 the XLA path of :mod:`jaxcsp.neighbors` also uses (candidate enumeration, bit compaction), and the
 pure-``jnp`` :func:`neighbor_list_reference` (dense, all images, no pruning: the oracle).

@@ -153,6 +153,49 @@ def test_crysim_finds_diamond_in_two_of_three_seeds(tmp_path, capsys):
     assert sum(found) >= 2, found
 
 
+STRUCTURES = "jaxcsp/data/structures"
+LJ_AR = "lj:sigma=3.4,epsilon=0.0104,cutoff=20.4,cutoff_mode=truncate,tail_correction=1"
+CRYSIM_SYSTEMS = {
+    # composition, potential, references, extra options
+    "NaCl": ("Na4Cl4", "nacl", [f"{STRUCTURES}/rocksalt_NaCl.cif"], []),
+    "Ar8": (
+        "Ar8",
+        LJ_AR,
+        [f"{STRUCTURES}/ar_fcc.cif", f"{STRUCTURES}/ar_hcp.cif"],
+        ["--volume-factor", "7", "--distance-factor", "1.2", "--fmax", "1e-4"],
+    ),
+}
+
+
+@pytest.mark.parametrize("system", sorted(CRYSIM_SYSTEMS))
+def test_crysim_finds_the_ground_state_with_random_beside_it(system, tmp_path, capsys):
+    """CRYSIM finds rock salt (Tosi-Fumi Buckingham + Coulomb Na4Cl4) and close packing (LJ
+    Ar8: fcc or hcp, within 1e-3 ε per atom of the reference) within 300 iterations in at least
+    2 of 3 seeds, and ``--compare random`` reports the random baseline on the same budget from
+    the same command (on this machine CRYSIM needs 1,400-3,300 oracle calls to the reference,
+    1,000 of them its initial single points; random search finds both in its first batch)."""
+    from jaxcsp.cli import main
+
+    comp, pot, refs, extra = CRYSIM_SYSTEMS[system]
+    found = []
+    for seed in (0, 1, 2):
+        argv = ["search", "--method", "crysim", "--composition", comp, "--potential", pot]
+        argv += ["--iterations", "300", "--seed", str(seed), *extra, "--compare", "random"]
+        argv += ["--db", str(tmp_path / f"{system}{seed}.db"), "--reference", *refs]
+        assert main([*argv, "--until-found", "--json", "--quiet"]) == 0
+        both = _metrics(capsys.readouterr().out)
+        assert set(both) == {"crysim", "random"}
+        m = both["crysim"]
+        assert both["random"]["oracle_calls"] >= 1
+        ok = m["i_m0"] is not None
+        if ok:
+            assert m["best_enthalpy_per_atom"] <= m["reference_energy_per_atom"] + 1.04e-5
+        found.append(ok)
+        if sum(found) >= 2:
+            break
+    assert sum(found) >= 2, found
+
+
 def test_cli_basin_with_a_cheap_tier_and_two_initial_populations(tmp_path, capsys):
     """Si8 on Stillinger-Weber with a Tersoff pre-relaxation: random and pool initial
     populations on the same budget, side by side with random search; every candidate a row

@@ -1,4 +1,4 @@
-"""``jaxcsp design``: descriptor-driven design of sp² carbon candidates (seed 001, Algorithm 1)."""
+"""``jaxcsp design``: descriptor-driven design of sp² carbon candidates (Algorithm 1)."""
 
 from __future__ import annotations
 

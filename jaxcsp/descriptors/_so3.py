@@ -18,7 +18,7 @@ Contract:
   - component order: pairs ``(n, n')`` with ``n' <= n`` in ``numpy.tril_indices`` order, then
     ``l = 0..lmax`` (index ``pair * (lmax + 1) + l``).
 
-* Differences from PyXtal's ``compute_p`` (see DESIGN.md §10): every periodic image within
+* Differences from PyXtal's ``compute_p`` (on purpose): every periodic image within
   ``rcut`` counts (PyXtal only looks at the 27 neighboring cells, so it misses images in cells
   thinner than ``rcut``); pairs closer than 0.01 Å are kept (PyXtal drops them; only ``l = 0``
   sees them since the other radial functions vanish at ``r = 0``).

@@ -14,7 +14,7 @@ maxstep 0.2 Å per row, c1 0.23, c2 0.46, stpmax 50, stpmin 1e-8, xtrapl 1.1, xt
 1e-14; WARN states end the search successfully (as in ASE, whose ``task[1:4] == 'WARN'`` test
 never matches).
 
-Safeguards added (the seed's "Robustness" section and DESIGN.md §10): a search that has not
+Safeguards added (for robustness on the starts a search produces): a search that has not
 ended after ``max_ls_iter`` (100) evaluations takes a conservative step — to the best point seen
 (lowest value, with its stored gradient) when it improved on the start, otherwise the
 structure's inverse Hessian is reset to the identity and a steepest-descent search starts; a

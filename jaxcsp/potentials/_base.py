@@ -1,6 +1,6 @@
 """The ``Potential`` protocol: a pure energy function of one crystal and its neighbors.
 
-Contract (DESIGN.md §3, §5, §6):
+Contract:
 
 * A :class:`Potential` is a frozen pytree. Its ``params`` (numeric hyperparameters: ε, σ, Tersoff
   tables, network weights, …) are **array leaves**, so they can be traced, differentiated and
