@@ -129,6 +129,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a cheap potential that pre-relaxes every candidate before the oracle (counted "
         "apart, fmax 0.05 eV/Å)",
     )
+    p.add_argument(
+        "--spg",
+        type=int,
+        help="random and basin: draw random structures in this space group only (1: "
+        "unsymmetric starts; default: uniform over the compatible groups)",
+    )
     p.add_argument("--fmax", type=float, default=0.01, help="force threshold, eV/Å (0.01)")
     p.add_argument("--max-steps", type=int, default=1000, help="steps per relaxation (1000)")
     p.add_argument("--fixed-cell", action="store_true", help="relax positions only")
@@ -298,6 +304,13 @@ def run(args: argparse.Namespace) -> int:
     check_real("volume_factor", args.volume_factor)
     check_real("distance_factor", args.distance_factor)
     rules = dict(volume_factor=args.volume_factor, distance_factor=args.distance_factor)
+    if args.spg is not None:
+        if args.method == "crysim":
+            raise search.InvalidSearchError(
+                "crysim draws its space groups from its bit vectors", field="spg"
+            )
+        check_int("spg", args.spg)
+        rules["spg"] = args.spg
     tiers = ()
     inits = [(str(x), x) for x in args.init] if args.method == "basin" else [("", None)]
     if args.method == "crysim":

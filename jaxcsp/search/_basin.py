@@ -63,9 +63,19 @@ Generator = Callable[[jax.Array, Mapping[str, int], int], Crystals]
 
 
 def random_generator(
-    *, volume_factor: float = 1.1, distance_factor: float = 0.5, max_atoms: int | None = None
+    *,
+    volume_factor: float = 1.1,
+    distance_factor: float = 0.5,
+    max_atoms: int | None = None,
+    spg: int | None = None,
 ) -> Generator:
     """Random symmetric structures (:func:`jaxcsp.symmetry.random_crystals`) as a generator.
+
+    Args:
+      volume_factor, distance_factor: as :func:`jaxcsp.search.random_search`.
+      max_atoms: atom slots of the result (default: the composition's atoms).
+      spg: one space group for every structure (``1``: FUSE-like unsymmetric starts);
+        ``None``: uniform over the compatible groups.
 
     Returns:
       ``generator(key, composition, n) -> Crystals (n, max_atoms)`` (Å), deterministic in
@@ -84,9 +94,11 @@ def random_generator(
             max_atoms=size,
             volume_factor=volume_factor,
             distance_factor=distance_factor,
+            spg=spg,
         )
         return reconstruct(wc)
 
+    generate.__name__ = "random" if spg is None else f"random(spg {spg})"
     return generate
 
 
@@ -188,6 +200,7 @@ def basin_hopping(
     symprec: float = 0.1,
     volume_factor: float = 1.1,
     distance_factor: float = 0.5,
+    spg: int | None = None,
     void_distance: float = 1.0,
     strain: float = 0.1,
     rattle: float = 0.3,
@@ -212,6 +225,7 @@ def basin_hopping(
       volume_factor, distance_factor: the random generator's rules (as
         :func:`jaxcsp.search.random_search`); ``distance_factor`` is also every move's
         distance rule.
+      spg: the default generator's one space group (``1``: unsymmetric starts).
       void_distance: a void is farther than this from every atom, Å.
       strain: largest strain component of the strain moves.
       rattle: standard deviation of the rattle move, Å.
@@ -260,6 +274,7 @@ def basin_hopping(
         symprec=float(symprec),
         volume_factor=float(volume_factor),
         distance_factor=float(distance_factor),
+        spg=spg,
         void_distance=float(void_distance),
         strain=float(strain),
         rattle=float(rattle),
@@ -289,7 +304,7 @@ def basin_hopping(
             rattle=float(rattle),
         )
         gen = generator or random_generator(
-            volume_factor=volume_factor, distance_factor=distance_factor, max_atoms=size
+            volume_factor=volume_factor, distance_factor=distance_factor, max_atoms=size, spg=spg
         )
         return ctx, gen, size
 
