@@ -131,6 +131,25 @@ def test_several_references_are_one_degenerate_ground_truth():
     assert not _match([fcc], base, 0.2, 0.3, 5.0)
 
 
+def test_stillinger_weber_diamond_and_lonsdaleite_are_degenerate():
+    """The shipped diamond and lonsdaleite (same bond length) have the same SW energy per atom
+    (to 1e-9 eV/atom, the reason both are Si16's ground truth), while StructureMatcher tells
+    them apart."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from jaxcsp.calculator import calculate
+
+    pot = jc.potentials.stillinger_weber()
+    e = []
+    structures = []
+    for f in ("si_diamond.cif", "si_lonsdaleite.cif"):
+        c = jc.io.read(f"jaxcsp/data/structures/{f}")
+        e.append(float(calculate(pot, c).energy[0]) / int(c.mask.sum()))
+        structures.append(jc.io.to_pymatgen(c)[0])
+    assert e[0] == pytest.approx(e[1], abs=1e-9) and e[0] < -4.3
+    assert not StructureMatcher().fit(*structures)
+
+
 def test_compare_table_prints_both_methods():
     from jaxcsp.cli.search import _baseline_db, _comparison
 

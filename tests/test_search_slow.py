@@ -197,7 +197,13 @@ def test_crysim_finds_the_ground_state_with_random_beside_it(system, tmp_path, c
 
 
 BASIN_SYSTEMS = {
-    "Si16": ("Si16", "sw", [f"{STRUCTURES}/si_diamond.cif"]),
+    # Stillinger-Weber's ground state is degenerate: every perfectly tetrahedral stacking has
+    # the same energy (diamond and lonsdaleite to 1e-11 eV/atom), so both are the ground truth
+    "Si16": (
+        "Si16",
+        "sw",
+        [f"{STRUCTURES}/si_diamond.cif", f"{STRUCTURES}/si_lonsdaleite.cif"],
+    ),
     "Na8Cl8": ("Na8Cl8", "nacl", [f"{STRUCTURES}/rocksalt_NaCl.cif"]),
 }
 
@@ -205,9 +211,9 @@ BASIN_SYSTEMS = {
 @pytest.mark.parametrize("system", sorted(BASIN_SYSTEMS))
 def test_basin_hopping_finds_the_ground_state_with_random_beside_it(system, tmp_path, capsys):
     """Basin hopping on its CLI defaults (population 25, every FUSE2 move at the same rate)
-    finds diamond (Stillinger-Weber Si16) and rock salt (Tosi-Fumi Na8Cl8) within its default
-    budget in at least 2 of 3 seeds; the random baseline on the same budget is reported by the
-    same command."""
+    finds diamond or lonsdaleite (Stillinger-Weber Si16) and rock salt (Tosi-Fumi Na8Cl8)
+    within its default budget in at least 2 of 3 seeds; the random baseline on the same budget
+    is reported by the same command."""
     from jaxcsp.cli import main
 
     comp, pot, refs = BASIN_SYSTEMS[system]

@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
     if budget is None and args.method == "crysim":
         budget = None if args.max_iterations else 6000
     elif budget is None:
-        budget = 2000
+        budget = 100_000 if args.method == "basin" else 2000
     elif isinstance(budget, bool) or budget < 1:
         raise search.InvalidSearchError(
             f"must be a positive number of oracle calls, got {budget!r}", field="budget"
@@ -318,8 +318,6 @@ def run(args: argparse.Namespace) -> int:
         methods = [search.crysim_search(args.n_initial, batch, ldr=args.ldr, **rules)]
     elif args.method == "basin":
         batch = args.population if args.batch_size is None else args.batch_size
-        if budget is None:
-            budget = 100_000
         methods = [
             search.basin_hopping(
                 batch,
