@@ -44,6 +44,9 @@ def test_run_refuses_before_compute(tmp_path):
         (["--composition", "Na4Cl4"], "does not cover Na, Cl"),
         (["--fmax", "-1"], "fmax must be a positive finite number"),
         (["--batch-size", "0"], "batch_size"),
+        (["--method", "basin", "--init", "cvae"], "pool:FILE"),
+        (["--method", "basin", "--init", "pool:/no/such.extxyz"], "no such file"),
+        (["--method", "crysim", "--spg", "1"], "spg"),
     ],
 )
 def test_cli_search_bad_input_is_one_line_before_compute(tmp_path, capsys, option, match):

@@ -256,6 +256,12 @@ def _generator(init: str, rules: dict):
         gen = search.pool_generator(path, fallback=search.random_generator(**rules))
         gen.__name__ = init
         return gen
+    if init == "cvae":
+        raise search.InvalidSearchError(
+            "this jaxcsp has no trained CVAE generator; write the structures a generator made "
+            "to a file and pass pool:FILE",
+            field="init",
+        )
     raise search.InvalidSearchError(
         f"must be 'random' or 'pool:FILE' (a file of generated structures), got {init!r}",
         field="init",
