@@ -156,27 +156,29 @@ def test_crysim_finds_diamond_in_two_of_three_seeds(tmp_path, capsys):
 STRUCTURES = "jaxcsp/data/structures"
 LJ_AR = "lj:sigma=3.4,epsilon=0.0104,cutoff=20.4,cutoff_mode=truncate,tail_correction=1"
 CRYSIM_SYSTEMS = {
-    # composition, potential, references, extra options
-    "NaCl": ("Na4Cl4", "nacl", [f"{STRUCTURES}/rocksalt_NaCl.cif"], []),
+    # composition, potential, references, extra options, energy tolerance (eV/atom)
+    "NaCl": ("Na4Cl4", "nacl", [f"{STRUCTURES}/rocksalt_NaCl.cif"], [], 1e-4),
     "Ar8": (
         "Ar8",
         LJ_AR,
         [f"{STRUCTURES}/ar_fcc.cif", f"{STRUCTURES}/ar_hcp.cif"],
         ["--volume-factor", "7", "--distance-factor", "1.2", "--fmax", "1e-4"],
+        1e-3 * 0.0104,  # 1e-3 ε
     ),
 }
 
 
 @pytest.mark.parametrize("system", sorted(CRYSIM_SYSTEMS))
 def test_crysim_finds_the_ground_state_with_random_beside_it(system, tmp_path, capsys):
-    """CRYSIM finds rock salt (Tosi-Fumi Buckingham + Coulomb Na4Cl4) and close packing (LJ
-    Ar8: fcc or hcp, within 1e-3 ε per atom of the reference) within 300 iterations in at least
+    """CRYSIM finds rock salt (Tosi-Fumi Buckingham + Coulomb Na4Cl4, within 0.1 meV/atom of
+    the reference at fmax 0.01 eV/Å) and close packing (LJ Ar8: fcc or hcp, within 1e-3 ε per
+    atom) within 300 iterations in at least
     2 of 3 seeds, and ``--compare random`` reports the random baseline on the same budget from
     the same command (on this machine CRYSIM needs 1,400-3,300 oracle calls to the reference,
     1,000 of them its initial single points; random search finds both in its first batch)."""
     from jaxcsp.cli import main
 
-    comp, pot, refs, extra = CRYSIM_SYSTEMS[system]
+    comp, pot, refs, extra, tol = CRYSIM_SYSTEMS[system]
     found = []
     for seed in (0, 1, 2):
         argv = ["search", "--method", "crysim", "--composition", comp, "--potential", pot]
@@ -189,7 +191,7 @@ def test_crysim_finds_the_ground_state_with_random_beside_it(system, tmp_path, c
         assert both["random"]["oracle_calls"] >= 1
         ok = m["i_m0"] is not None
         if ok:
-            assert m["best_enthalpy_per_atom"] <= m["reference_energy_per_atom"] + 1.04e-5
+            assert m["best_enthalpy_per_atom"] <= m["reference_energy_per_atom"] + tol
         found.append(ok)
         if sum(found) >= 2:
             break
