@@ -28,6 +28,7 @@ import jaxcsp as jc
 pytestmark = pytest.mark.slow
 
 DIAMOND = "jaxcsp/data/structures/si_diamond.cif"
+LONSDALEITE = "jaxcsp/data/structures/si_lonsdaleite.cif"
 
 
 def _metrics(out: str) -> dict:
@@ -137,14 +138,15 @@ def test_kill_minus_nine_and_resume_equals_uninterrupted(tmp_path):
 
 def test_crysim_finds_diamond_in_two_of_three_seeds(tmp_path, capsys):
     """CRYSIM on its CLI defaults (1000 random single points, then 8 annealed and decoded
-    candidates per iteration) finds diamond within 12 iterations in at least 2 of 3 seeds
-    (seeds 0 and 1 find it at iterations 5 and 6 on this machine)."""
+    candidates per iteration) finds SW's ground state (diamond, or lonsdaleite, degenerate with
+    it) within 12 iterations in at least 2 of 3 seeds (on this machine: seed 1 diamond at
+    iteration 4, seed 2 lonsdaleite at 1, seed 0 lonsdaleite only at 18)."""
     from jaxcsp.cli import main
 
     found = []
     for seed in (0, 1, 2):
         argv = ["search", "--method", "crysim", "--iterations", "12", "--seed", str(seed)]
-        argv += ["--db", str(tmp_path / f"crysim{seed}.db"), "--reference", DIAMOND]
+        argv += ["--db", str(tmp_path / f"crysim{seed}.db"), "--reference", DIAMOND, LONSDALEITE]
         assert main([*argv, "--until-found", "--json", "--quiet"]) == 0
         m = _metrics(capsys.readouterr().out)
         found.append(m["i_m0"] is not None)
