@@ -321,7 +321,10 @@ def basin_hopping(
         out: list[Any] = [None] * len(units)
         for j, u in enumerate(sorted(set(units))):
             where = [i for i, v in enumerate(units) if v == u]
-            c = gen(jax.random.fold_in(key, j), _composition(ctx, u), len(where))
+            # draw a power-of-two count (the first len(where) are used): a handful of batch
+            # shapes for the generator's compiled programs instead of one per request count
+            n_draw = 1 << (len(where) - 1).bit_length()
+            c = gen(jax.random.fold_in(key, j), _composition(ctx, u), n_draw)
             lat = np.asarray(c.lattice, np.float64)
             frac = np.asarray(c.frac, np.float64)
             spec = np.asarray(c.species)
