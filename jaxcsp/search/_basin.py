@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -169,17 +170,23 @@ def _symmetrize(structure, ctx: MoveContext, symprec: float):
     import spglib
 
     lat, frac, z = structure
-    try:
-        out = spglib.standardize_cell(
-            (lat, frac, z), to_primitive=False, no_idealize=False, symprec=symprec
-        )
-    except Exception:  # spglib raises on cells it cannot analyse
-        return None
+
+    def standardize(primitive: bool):
+        with warnings.catch_warnings():  # spglib's own OLD_ERROR_HANDLING deprecation notice
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                return spglib.standardize_cell(
+                    (lat, frac, z), to_primitive=primitive, no_idealize=False, symprec=symprec
+                )
+            except Exception:  # spglib raises on cells it cannot analyse
+                return None
+
+    out = standardize(False)
     if out is None:
         return None
     lat2, frac2, z2 = (np.asarray(a) for a in out)
     if len(z2) > ctx.max_units * sum(ctx.formula.values()):
-        out = spglib.standardize_cell((lat, frac, z), to_primitive=True, symprec=symprec)
+        out = standardize(True)
         if out is None:
             return None
         lat2, frac2, z2 = (np.asarray(a) for a in out)
