@@ -172,3 +172,24 @@ def test_tersoff_matches_ase_tersoff_calculator():
     np.testing.assert_allclose(
         full_3x3_to_voigt_6_stress(np.asarray(r.stress[0])), at.get_stress(), atol=1e-9
     )
+
+
+def test_shipped_carbon_tersoff_matches_ase_and_literature():
+    """The shipped C.tersoff: ASE's Tersoff on rattled diamond and graphite-like cells, and
+    diamond's energy at a = 3.566 Å (Tersoff 1988: -7.37 eV/atom)."""
+    from ase.calculators.tersoff import Tersoff
+    from ase.io import read
+
+    from jaxcsp.potentials._manybody import CARBON_TERSOFF_FILE
+
+    pot = P.tersoff_carbon()
+    dia = bulk("C", "diamond", a=3.566, cubic=True)
+    e = calculate(pot, jio.from_ase([dia]))
+    np.testing.assert_allclose(float(e.energy[0]) / len(dia), -7.3705, atol=5e-4)
+    gr = read(os.path.join(os.path.dirname(jio.__file__), "data", "structures", "graphite.cif"))
+    for at in (dia.copy(), gr.repeat((2, 2, 1))):
+        at.rattle(0.05, seed=1)
+        at.calc = Tersoff.from_lammps(CARBON_TERSOFF_FILE)
+        r = calculate(pot, jio.from_ase([at]))
+        np.testing.assert_allclose(float(r.energy[0]), at.get_potential_energy(), rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(r.forces[0]), at.get_forces(), atol=1e-8)

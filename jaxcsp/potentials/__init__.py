@@ -18,6 +18,7 @@ from jaxcsp.potentials._manybody import (
     read_tersoff_file,
     stillinger_weber,
     tersoff,
+    tersoff_carbon,
 )
 from jaxcsp.potentials._pair import (
     COULOMB_CONSTANT,
@@ -41,4 +42,5 @@ __all__ = [
     "read_tersoff_file",
     "stillinger_weber",
     "tersoff",
+    "tersoff_carbon",
 ]

@@ -495,6 +495,30 @@ def _expand_cell_np(wc: WyckoffCrystals) -> np.ndarray:
     return np.where(src >= 0, np.take_along_axis(cell, np.maximum(src, 0), axis=-1), fixed)
 
 
+def site_generators(wc: WyckoffCrystals) -> np.ndarray:
+    """Each real site's generator: its free vector projected by the position's first operation.
+
+    The free vector's tied or fixed components are ignored by :func:`reconstruct` and can be
+    stale (an optimiser moves only the free ones); this is the point the site really sits on,
+    e.g. ``(x, x, x)`` for ``8g`` of Pm-3m, wrapped into [0, 1).
+
+    Returns:
+      ``(B, S, 3) float64`` numpy array (padding sites: zeros).
+    """
+    t = _tables()
+    spg = np.asarray(wc.spg)
+    wy = np.asarray(wc.wyckoff)
+    mask = np.asarray(wc.site_mask)
+    xyz = np.asarray(wc.coords, np.float64)
+    out = np.zeros_like(xyz)
+    for i in range(len(spg)):
+        for j in np.flatnonzero(mask[i]):
+            o0 = int(t.wp_op_offset[int(t.wp_offset[spg[i] - 1]) + int(wy[i, j])])
+            v = t.op_rot[o0] @ xyz[i, j] + t.op_trans[o0]
+            out[i, j] = v - np.floor(v)
+    return out
+
+
 def validate_free_variables(wc: WyckoffCrystals) -> WyckoffCrystals:
     """Host check that the free variables of real sites are finite and the cells valid.
 
@@ -604,7 +628,7 @@ def to_pyxtal(wc: WyckoffCrystals) -> list[Any]:
     cell = np.asarray(
         expand_cell(wc.cell, wc.cell_source, wc.cell_fixed.astype(wc.cell.dtype)), np.float64
     )
-    xyz = np.asarray(wc.coords, np.float64)
+    xyz = site_generators(wc)
     out = []
     for i in range(len(spg)):
         wps = wyckoff_positions(int(spg[i]))
@@ -668,7 +692,7 @@ def to_tabular(
     cell = np.asarray(
         expand_cell(wc.cell, wc.cell_source, wc.cell_fixed.astype(wc.cell.dtype)), np.float64
     )
-    xyz = np.asarray(wc.coords, np.float64)
+    xyz = site_generators(wc)
     wy = np.asarray(wc.wyckoff)
     b = len(spg)
     rows = -np.ones((b, 7 + 4 * num_sites))
