@@ -14,13 +14,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jaxcsp.cli import convert, design, info, relax, search
+from jaxcsp.cli import convert, dataset, design, info, relax, search, train
 from jaxcsp.errors import JaxcspError
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 #: Registered subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = [info, convert, relax, search, design]
+SUBCOMMANDS = [info, convert, relax, search, design, dataset, train]
 
 _DESCRIPTION = """\
 jaxcsp: differentiable crystal structure optimization and prediction in JAX.

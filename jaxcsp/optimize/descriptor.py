@@ -554,24 +554,38 @@ def _wyckoff_loss(wc, reference, spec, *, loss_kw):
     return loss, aux["spectra"], aux["overflow"]
 
 
-@functools.partial(jax.jit, static_argnames=("length", "static"))
-def _wyckoff_chunk(carry, wc, reference, spec, *, length, static):
+def _as_wc_aux(wc: Any, p: dict, aux: Any) -> Any:
+    del aux
+    return _as_wc(wc, p)
+
+
+@functools.partial(jax.jit, static_argnames=("length", "static", "to_wc", "make_opt"))
+def _descriptor_chunk(carry, wc, reference, spec, aux, *, length, static, to_wc, make_opt):
+    """``length`` optimizer steps of the descriptor loss of ``to_wc(wc, params, aux)``.
+
+    ``to_wc`` maps the optimised parameters (a pytree with a leading batch axis) to crystals:
+    the Wyckoff free variables themselves, or a decoder's latents; ``make_opt(static, wc)``
+    builds the optax transformation. Both are static (hashable) so the compiled chunk is
+    shared by every call with the same shapes and settings.
+    """
     from jaxcsp.descriptors import descriptor_loss
     from jaxcsp.neighbors import edge_list
     from jaxcsp.symmetry import reconstruct
 
-    opt = _wyckoff_optimizer(static, wc)
+    opt = make_opt(static, wc)
     loss_kw = dict(static[1])
 
     def step(carry, _):
         params, opt_state, best_params, best_loss = carry
         # candidates are re-tested every step (cheap: only the site representatives' triples)
-        c = reconstruct(_as_wc(wc, jax.lax.stop_gradient(params)), wrap=False)
+        c = reconstruct(to_wc(wc, jax.lax.stop_gradient(params), aux), wrap=False)
         edges = edge_list(spec, c)
 
         def total(p):
-            losses, aux = descriptor_loss(_as_wc(wc, p), reference, None, edges=edges, **loss_kw)
-            return jnp.sum(jnp.where(jnp.isfinite(losses), losses, 0.0)), (losses, aux["overflow"])
+            losses, aux_ = descriptor_loss(
+                to_wc(wc, p, aux), reference, None, edges=edges, **loss_kw
+            )
+            return jnp.sum(jnp.where(jnp.isfinite(losses), losses, 0.0)), (losses, aux_["overflow"])
 
         (_, (losses, overflow)), grads = jax.value_and_grad(total, has_aux=True)(params)
         better = jnp.isfinite(losses) & (losses < best_loss)
@@ -585,6 +599,76 @@ def _wyckoff_chunk(carry, wc, reference, spec, *, length, static):
 
     carry, (losses, overflow) = jax.lax.scan(step, carry, None, length=length)
     return carry, losses, jnp.any(overflow, axis=0)
+
+
+def descriptor_loop(
+    wc: Any,
+    reference: Array,
+    params: Any,
+    *,
+    to_wc: Callable,
+    make_opt: Callable,
+    static: tuple,
+    cutoff: float,
+    spec: Any,
+    steps: int,
+    chunk: int,
+    aux: Any = None,
+    callback: Callable[[int, Array], None] | None = None,
+) -> tuple[tuple, np.ndarray, Any, int]:
+    """Host loop of the descriptor optimisers: jitted chunks, overflow re-allocation, plateau stop.
+
+    Shared by :func:`optimize_wyckoff` (parameters = Wyckoff free variables) and latent-space
+    refinement (:func:`jaxcsp.models.latent.refine_latents`, parameters = decoder latents).
+
+    Args:
+      wc: template :class:`~jaxcsp.symmetry.WyckoffCrystals` (conditions, index maps).
+      reference: ``(F,)`` target spectrum.
+      params: initial parameters (pytree, leading batch axis ``B``).
+      to_wc: static ``to_wc(wc, params, aux) -> WyckoffCrystals`` (pure ``jnp``).
+      make_opt: static ``make_opt(static, wc) -> optax`` transformation (called with ``value=``).
+      static: hashable ``(optimizer settings, loss settings)`` tuples.
+      cutoff: neighbor cutoff of the loss (Å).
+      spec: :class:`~jaxcsp.neighbors.EdgeListSpec` to start with.
+      steps, chunk: maximum steps and steps per jitted chunk.
+      aux: traced data ``to_wc`` needs (e.g. decoder parameters and conditions).
+      callback: ``callback(steps_done, losses)`` after each chunk.
+
+    Returns:
+      ``(carry, history (T, B), spec, reallocations)`` with ``carry = (params, opt_state,
+      best_params, best_loss)``.
+    """
+    opt = make_opt(static, wc)
+    opt_state = opt.init(params)
+    b = wc.batch_size
+    dtype = wc.cell.dtype
+    carry = (params, opt_state, params, jnp.full((b,), jnp.inf, dtype))
+    history, done, reallocations = [], 0, 0
+    while done < steps:
+        release_compiled_programs()  # near the process's map cap: drop cached programs
+        n = min(chunk, steps - done)
+        new, losses, overflow = _descriptor_chunk(
+            carry, wc, reference, spec, aux, length=n, static=static, to_wc=to_wc, make_opt=make_opt
+        )
+        if bool(jnp.any(overflow)):
+            # a crystal outgrew its image box or the edge capacity during this chunk: re-choose
+            # the spec (from the chunk's end state, keeping at least the old boxes and 1.5x the
+            # capacity) and redo the chunk from its start
+            reallocations += 1
+            if reallocations > 20:
+                raise RuntimeError("edge-list shapes keep overflowing during optimisation")
+            spec = site_edge_spec(to_wc(wc, new[0], aux), cutoff, previous=spec)
+            continue
+        carry = new
+        history.append(np.asarray(losses))
+        done += n
+        if callback is not None:
+            callback(done, losses[-1])
+        ps = _plateau_state(carry[1])
+        if ps is not None and not bool(jnp.any(ps.active)):
+            break
+    hist = np.concatenate(history) if history else np.zeros((0, b))
+    return carry, hist, spec, reallocations
 
 
 def optimize_wyckoff(
@@ -686,33 +770,23 @@ def optimize_wyckoff(
     if spec is None or spec.cutoff < cutoff:
         spec = site_edge_spec(_as_wc(wc, params), cutoff)
     loss0, spectra0, over0 = _wyckoff_loss(_as_wc(wc, params), reference, spec, loss_kw=report_kw)
-    opt = _wyckoff_optimizer(static, wc)
-    opt_state = opt.init(params)
+    if bool(jnp.any(over0)):
+        spec = site_edge_spec(_as_wc(wc, params), cutoff, previous=spec)
+    carry, history, spec, reallocations = descriptor_loop(
+        wc,
+        reference,
+        params,
+        to_wc=_as_wc_aux,
+        make_opt=_wyckoff_optimizer,
+        static=static,
+        cutoff=cutoff,
+        spec=spec,
+        steps=steps,
+        chunk=chunk,
+        callback=callback,
+    )
+    reallocations += int(bool(jnp.any(over0)))
     b = wc.batch_size
-    carry = (params, opt_state, params, jnp.full((b,), jnp.inf, dtype))
-    history, done, reallocations = [], 0, 0
-    while done < steps:
-        release_compiled_programs()  # near the process's map cap: drop cached programs
-        n = min(chunk, steps - done)
-        new, losses, overflow = _wyckoff_chunk(carry, wc, reference, spec, length=n, static=static)
-        if bool(jnp.any(overflow)) or bool(jnp.any(over0)):
-            # a crystal outgrew its image box or the edge capacity during this chunk: re-choose
-            # the spec (from the chunk's end state, keeping at least the old boxes and 1.5x the
-            # capacity) and redo the chunk from its start
-            reallocations += 1
-            if reallocations > 20:
-                raise RuntimeError("edge-list shapes keep overflowing during optimisation")
-            spec = site_edge_spec(_as_wc(wc, new[0]), cutoff, previous=spec)
-            over0 = jnp.zeros((b,), bool)
-            continue
-        carry = new
-        history.append(np.asarray(losses))
-        done += n
-        if callback is not None:
-            callback(done, losses[-1])
-        ps = _plateau_state(carry[1])
-        if ps is not None and not bool(jnp.any(ps.active)):
-            break
     best = carry[2]
     final = _as_wc(wc, best)
     final = final.replace(cell=jnp.where(wc.cell_free, final.cell, wc.cell))
@@ -727,7 +801,7 @@ def optimize_wyckoff(
         initial_loss=loss0,
         spectra=spectra1,
         initial_spectra=spectra0,
-        steps=ps.steps if ps is not None else jnp.full((b,), done, jnp.int32),
-        history=np.concatenate(history) if history else np.zeros((0, b)),
+        steps=ps.steps if ps is not None else jnp.full((b,), len(history), jnp.int32),
+        history=history,
         reallocations=reallocations,
     )

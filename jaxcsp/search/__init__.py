@@ -41,6 +41,7 @@ from jaxcsp.search._dedup import (
     prefilter_pairs,
 )
 from jaxcsp.search._driver import SearchResult, check_setup, evaluate, run
+from jaxcsp.search._dual import DualLevelResult, Screening, dual_level, screen_candidates
 from jaxcsp.search._metrics import best_vs_calls, rank, search_metrics
 from jaxcsp.search._plot import plot_search
 from jaxcsp.search._random import random_search
@@ -49,11 +50,13 @@ __all__ = [
     "CrysimEncoding",
     "DedupInfo",
     "Deduplicator",
+    "DualLevelResult",
     "Evaluation",
     "InvalidSearchError",
     "Method",
     "Oracle",
     "Proposal",
+    "Screening",
     "SearchResult",
     "SearchState",
     "Tier",
@@ -66,6 +69,7 @@ __all__ = [
     "decode",
     "deduplicate",
     "default_fingerprint_tol",
+    "dual_level",
     "encode",
     "evaluate",
     "fingerprints",
@@ -77,5 +81,6 @@ __all__ = [
     "rank",
     "record",
     "run",
+    "screen_candidates",
     "search_metrics",
 ]
