@@ -11,13 +11,13 @@ not redistributable, so :func:`build_carbon_sp2` makes an analogue from scratch:
 4. subgroup augmentation: each parent is re-expressed in its translationengleiche subgroups
    (PyXtal ``pyxtal.subgroup(eps=0, group_type="t")``, same cell), recursively up to
    ``depth`` levels: the same crystal under other (space group, Wyckoff) conditions;
-5. drop representations with more than 8 sites (the model's slots) and duplicate rows (same
-   space group, Wyckoff sites and free variables to 1e-4).
+5. drop parents and representations with more than 8 sites (the model's slots) and duplicate
+   rows (same space group, Wyckoff sites and free variables to 1e-4).
 
 The rows are written as the seed's tabular representation (:func:`jaxcsp.symmetry.to_tabular`,
 angles in degrees) to a CSV whose header records the command. ``jaxcsp dataset`` runs it;
 :func:`load_carbon_sp2` reads the copy shipped with the package (made by
-``jaxcsp dataset --candidates 6000 --seed 0``).
+``jaxcsp --precision 32 dataset --candidates 12000 --seed 0``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ _COLUMNS = ["spg", "a", "b", "c", "alpha", "beta", "gamma"] + [
 def _subgroup_family(x: Any, depth: int, max_sites: int) -> list[Any]:
     """``x`` and its t-subgroup representations down to ``depth`` levels (same cell)."""
     natoms = sum(int(site.wp.multiplicity) for site in x.atom_sites)
+    if not 0 < len(x.atom_sites) <= max_sites:  # e.g. a P1 parent with 12 sites
+        return []
     out, frontier = [x], [x]
     for _ in range(depth):
         nxt = []
@@ -71,7 +73,7 @@ def _row_keys(rows: np.ndarray, mask: np.ndarray) -> list[tuple]:
 
 
 def build_carbon_sp2(
-    candidates: int = 6000,
+    candidates: int = 12000,
     *,
     seed: int = 0,
     steps: int = 300,

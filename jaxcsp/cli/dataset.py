@@ -14,11 +14,11 @@ to --depth levels, rows with more than 8 sites and duplicate rows dropped. Write
 39-column tabular rows (angles in degrees) to a CSV file.
 
 The dataset shipped with jaxcsp (jaxcsp.datasets.load_carbon_sp2) was made by
-  jaxcsp --precision 32 dataset --candidates 6000 --seed 0 --out carbon_sp2.csv"""
+  jaxcsp --precision 32 dataset --candidates 12000 --seed 0 --out carbon_sp2.csv"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--candidates", type=int, default=6000, help="random candidates (6000)")
+    p.add_argument("--candidates", type=int, default=12000, help="random candidates (12000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--steps", type=int, default=300, help="Algorithm 1 steps (300)")
     p.add_argument("--depth", type=int, default=2, help="subgroup levels of the augmentation (2)")

@@ -1,13 +1,29 @@
-"""Surrogate models of energies over bit vectors and their annealers (CRYSIM-style search).
+"""Flax models: surrogate energies over bit vectors with their annealers, and the generative CVAE.
 
 * :mod:`jaxcsp.models.fm`: the factorization machine regressor (:class:`FactorizationMachine`,
   :func:`train_fm`, :class:`FMModel`), its QUBO (:func:`fm_to_qubo`), one-hot penalties and
   checkpoints.
 * :mod:`jaxcsp.models.anneal`: simulated annealing of QUBOs, dense (:func:`anneal_qubo`) and
   low-rank FM (:func:`anneal_fm`, ``O(K)`` per flip), many replicas at once.
+* :mod:`jaxcsp.models.gmm`: the GMM (mode-specific) transform of continuous columns
+  (:func:`fit_gmm_transform`, :class:`GMMTransform`: exact inverse and a relaxed,
+  differentiable one).
+* :mod:`jaxcsp.models.cvae`: the symmetry-conditioned VAE (:class:`CVAE`, :func:`train_cvae`,
+  :class:`CVAEModel`, :func:`shipped_cvae`) and the plain VAE baseline.
+* :mod:`jaxcsp.models.latent`: latent-space refinement under fixed conditions
+  (:func:`refine_latents`, the CVAE seed's Algorithm 2).
 """
 
 from jaxcsp.models.anneal import AnnealResult, anneal_fm, anneal_qubo, default_beta_range
+from jaxcsp.models.cvae import (
+    CVAE,
+    CVAEModel,
+    UnknownConditionError,
+    load_cvae,
+    save_cvae,
+    shipped_cvae,
+    train_cvae,
+)
 from jaxcsp.models.fm import (
     FactorizationMachine,
     FMHistory,
@@ -20,20 +36,33 @@ from jaxcsp.models.fm import (
     save_fm,
     train_fm,
 )
+from jaxcsp.models.gmm import GMMTransform, fit_gmm_transform
+from jaxcsp.models.latent import LatentResult, refine_latents
 
 __all__ = [
+    "CVAE",
     "AnnealResult",
+    "CVAEModel",
     "FMHistory",
     "FMModel",
     "FactorizationMachine",
+    "GMMTransform",
+    "LatentResult",
+    "UnknownConditionError",
     "anneal_fm",
     "anneal_qubo",
     "default_beta_range",
+    "fit_gmm_transform",
     "fm_coefficients",
     "fm_to_qubo",
+    "load_cvae",
     "load_fm",
     "one_hot_penalty",
     "qubo_energy",
+    "refine_latents",
+    "save_cvae",
     "save_fm",
+    "shipped_cvae",
+    "train_cvae",
     "train_fm",
 ]

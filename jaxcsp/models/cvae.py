@@ -259,12 +259,14 @@ def _loss_terms(module, params, transform, batch, key, kl_weight, loss_factor):
 
 @dataclasses.dataclass(frozen=True)
 class CVAEHistory:
-    """Training curves: ``train_loss``, ``val_loss`` ``(epochs,)`` per-crystal mean losses."""
+    """Training curves: ``train_loss``, ``val_loss`` ``(epochs,)`` per-crystal mean losses;
+    ``validation``: the held-out row indices of the training data (empty if none)."""
 
     train_loss: np.ndarray
     val_loss: np.ndarray
     best_epoch: int
     seconds: float
+    validation: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -658,6 +660,7 @@ def train_cvae(
                         train_loss=np.asarray(tl),
                         val_loss=np.asarray(vl),
                         key=jax.random.key_data(key),
+                        validation=val_idx,
                     ),
                     transform,
                     seen,
@@ -667,7 +670,9 @@ def train_cvae(
     finally:
         if bar is not None:
             bar[0].stop()
-    history = CVAEHistory(np.asarray(tl), np.asarray(vl), best_epoch, time.perf_counter() - t0)
+    history = CVAEHistory(
+        np.asarray(tl), np.asarray(vl), best_epoch, time.perf_counter() - t0, val_idx
+    )
     return CVAEModel(module, best, transform, seen, int(species[0]), history)
 
 
@@ -793,6 +798,7 @@ def save_cvae(path: str | os.PathLike, model: CVAEModel) -> None:
         "train_loss": np.zeros(0) if h is None else np.asarray(h.train_loss),
         "val_loss": np.zeros(0) if h is None else np.asarray(h.val_loss),
         "seconds": 0.0 if h is None else float(h.seconds),
+        "validation": np.zeros(0, int) if h is None else np.asarray(h.validation),
     }
     _write(
         path,
@@ -848,6 +854,7 @@ def load_cvae(path: str | os.PathLike) -> CVAEModel:
         np.asarray(tr["val_loss"]),
         int(tr["best_epoch"]),
         float(tr.get("seconds", 0.0)),
+        np.asarray(tr.get("validation", np.zeros(0, int))),
     )
     return CVAEModel(
         module, params, transform, np.asarray(state["seen"]), int(state["species"]), history
