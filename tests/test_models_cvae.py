@@ -334,3 +334,15 @@ def test_dual_level_rounds_and_database(tmp_path, model, data):
     assert sorted(r.candidate for r in rows) == list(range(16))
     assert sum(r.valid_env for r in rows) == int(res.valid.sum())
     assert "Algorithm 1 alone" in res.summary()
+
+
+def test_cli_rejects_bad_dual_level_and_training_options(tmp_path, capsys):
+    from jaxcsp.cli import main
+
+    assert main(["design", "--workflow", "dual-level", "--n", "0"]) == 1
+    assert "n" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "missing.csv"), "--out", "m.msgpack"]) == 1
+    assert "missing.csv" in capsys.readouterr().err
+    assert (
+        main(["design", "--workflow", "dual-level", "--model", str(tmp_path / "no.msgpack")]) == 1
+    )
