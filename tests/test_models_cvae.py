@@ -346,3 +346,4 @@ def test_cli_rejects_bad_dual_level_and_training_options(tmp_path, capsys):
     assert (
         main(["design", "--workflow", "dual-level", "--model", str(tmp_path / "no.msgpack")]) == 1
     )
+    assert "no.msgpack" in capsys.readouterr().err

@@ -42,7 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcsp.errors import InvalidArgumentError, InvalidStructureError, JaxcspError
+from jaxcsp.errors import (
+    InvalidArgumentError,
+    InvalidStructureError,
+    JaxcspError,
+    StructureFileError,
+)
 from jaxcsp.models.gmm import GMMTransform, fit_gmm_transform
 
 __all__ = [
@@ -753,8 +758,13 @@ def _write_state(path, config, train_state, transform, seen, species, module) ->
 
 
 def _read(path) -> dict:
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise StructureFileError(
+            f"cannot read CVAE checkpoint ({exc.strerror or exc})", path=os.fspath(path)
+        ) from exc
     try:
         state = flax.serialization.msgpack_restore(data)
     except Exception as exc:
@@ -836,7 +846,7 @@ def load_cvae(path: str | os.PathLike) -> CVAEModel:
     parameters so far).
 
     Raises:
-      OSError: the file cannot be read.
+      StructureFileError: the file cannot be read (also an ``OSError``).
       JaxcspError: not a CVAE checkpoint of a known version.
     """
     state = _read(path)
