@@ -163,3 +163,26 @@ def test_compare_table_prints_both_methods():
     assert "-4.33660" in text and "1260" in text
     assert _baseline_db("runs/si16.db") == "runs/si16.random.db"
     assert _baseline_db("search") == "search.random.db"
+
+
+def test_empty_proposals_and_clashing_info(tmp_path):
+    """A method may propose nothing in an iteration (an empty evaluation, the database
+    untouched, and archives of empty evaluations concatenate); a proposal's ``info`` that
+    would overwrite a key the driver writes is refused before any relaxation."""
+    import numpy as np
+
+    from jaxcsp.io import read
+    from jaxcsp.search import Evaluation, Proposal, evaluate
+
+    c = read("jaxcsp/data/structures/si_diamond.cif")
+    oracle = Oracle(jc.potentials.stillinger_weber())
+    empty = evaluate(Proposal(c.take(np.zeros(0, int))), oracle, db=tmp_path / "e.db", first_id=0)
+    assert empty.size == 0 and not (tmp_path / "e.db").exists()
+    assert Evaluation.concatenate([empty, empty]).size == 0
+    with pytest.raises(InvalidSearchError, match="status") as e:
+        evaluate(
+            Proposal(c, info={"status": np.zeros(1)}), oracle, db=tmp_path / "x.db", first_id=0
+        )
+    assert e.value.field == "info"
+    with pytest.raises(InvalidSearchError, match=r"shape \(2,\)"):
+        evaluate(Proposal(c, info={"tag": np.zeros(2)}), oracle, db=tmp_path / "x.db", first_id=0)

@@ -25,8 +25,11 @@ sp2 carbon set) under conditions drawn from its training set; round 1 optimises 
 optimise again. The same rounds of Algorithm 1 alone run on the same candidates as the
 baseline. Valid sets are relaxed (Tersoff carbon, variable cell), deduplicated
 (StructureMatcher 0.3 Å, 20%, 5°) and ranked against graphite: N_valid_env, N_unique, N_low_E
-(within 0.55 eV/atom). Every final candidate goes to --db (valid_env, round, loss, unique,
-energy_per_atom; relaxed energy, forces and stress as the row's results).
+(within 0.55 eV/atom). Each arm is a search run by the search driver: valid candidates
+are relaxed and written to --db as each round finds them (the baseline to
+<db>.algorithm1.db), the never-valid ones at the end (valid_env, round, loss, unique,
+energy_per_atom; relaxed energy, forces and stress as the row's results); rerunning the same
+command resumes from the databases to the same report.
 
 examples:
   jaxcsp design --n 1000 --seed 0 --db carbon.db --plot carbon.png
@@ -113,6 +116,8 @@ def _dual(args: argparse.Namespace) -> int:
         print(f"energy above graphite (eV/atom) of the unique structures: {cells}")
     if args.db:
         print(f"wrote {args.db}")
+        if result.baseline_screening is not None:
+            print(f"wrote {result.baseline_screening.db} (Algorithm 1 alone)")
     if args.plot:
         plot_dual_level(result, args.plot)
         print(f"wrote {args.plot}")

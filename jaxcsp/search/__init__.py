@@ -41,7 +41,13 @@ from jaxcsp.search._dedup import (
     prefilter_pairs,
 )
 from jaxcsp.search._driver import SearchResult, check_setup, evaluate, run
-from jaxcsp.search._dual import DualLevelResult, Screening, dual_level, screen_candidates
+from jaxcsp.search._dual import (
+    DualLevelPopulation,
+    DualLevelResult,
+    Screening,
+    dual_level,
+    dual_level_search,
+)
 from jaxcsp.search._metrics import best_vs_calls, rank, search_metrics
 from jaxcsp.search._plot import plot_search
 from jaxcsp.search._random import random_search
@@ -50,6 +56,7 @@ __all__ = [
     "CrysimEncoding",
     "DedupInfo",
     "Deduplicator",
+    "DualLevelPopulation",
     "DualLevelResult",
     "Evaluation",
     "InvalidSearchError",
@@ -70,6 +77,7 @@ __all__ = [
     "deduplicate",
     "default_fingerprint_tol",
     "dual_level",
+    "dual_level_search",
     "encode",
     "evaluate",
     "fingerprints",
@@ -81,6 +89,5 @@ __all__ = [
     "rank",
     "record",
     "run",
-    "screen_candidates",
     "search_metrics",
 ]

@@ -139,10 +139,15 @@ class Proposal:
       crystals: ``Crystals`` batch ``(P, N)`` of candidates (Å).
       relax: static; ``True`` to relax each candidate on the oracle (every method so far),
         ``False`` for single-point labels (active learning).
+      info: optional method-specific facts about each candidate, ``{name: (P,) array}`` of
+        bools, integers or floats, written into each candidate's database row as key-value
+        pairs (e.g. the dual-level loop's ``round``, ``loss``, ``candidate``). Names must not
+        clash with the driver's own keys (``iteration``, ``method``, ``status``, ...).
     """
 
     crystals: Crystals
     relax: bool = dataclasses.field(default=True, metadata=dict(static=True))
+    info: Mapping[str, Any] | None = None
 
     @property
     def size(self) -> int:
@@ -191,9 +196,12 @@ class Evaluation:
     @staticmethod
     def concatenate(parts: Sequence[Evaluation]) -> Evaluation:
         """Join evaluations along the candidate axis (host side; atom slots padded to the max)."""
-        parts = [p for p in parts if p.size]
         if not parts:
             raise JaxcspError("cannot concatenate an empty sequence of evaluations")
+        first = parts[0]
+        parts = [p for p in parts if p.size]
+        if not parts:  # every part empty (a method proposed nothing this iteration)
+            return first
         if len(parts) == 1:
             return parts[0]
         n_tiers = max(np.shape(p.tier_calls)[1] for p in parts)

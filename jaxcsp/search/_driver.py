@@ -249,6 +249,8 @@ def evaluate(
     from jaxcsp.io import connect_db, to_ase
     from jaxcsp.optimize import relax, relax_stream
 
+    if proposal.size == 0:  # nothing proposed this iteration: an empty evaluation
+        return _empty_evaluation(proposal, iteration, len(oracle.tiers))
     if not proposal.relax:
         return _single_points(
             proposal,
@@ -290,6 +292,7 @@ def evaluate(
                 method=method,
                 iteration=int(iteration),
                 **{f"{t}_calls": int(tier_calls[j, k]) for k, t in enumerate(tier_names)},
+                **_info_row(proposal, j),
             )
             for j in range(proposal.size)
         ]
@@ -309,6 +312,52 @@ def evaluate(
         )
         rows = _read_rows(con, ids)
     return _evaluation_from_rows(rows, ids, proposal, iteration, pressure, tier_names)
+
+
+def _empty_evaluation(proposal: Proposal, iteration: int, n_tiers: int) -> Evaluation:
+    int_t = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
+    dt = proposal.crystals.lattice.dtype
+    return Evaluation(
+        ids=jnp.zeros(0, int_t),
+        iteration=jnp.zeros(0, jnp.int32),
+        crystals=proposal.crystals,
+        energy=jnp.zeros(0, dt),
+        enthalpy_per_atom=jnp.zeros(0, dt),
+        status=jnp.zeros(0, jnp.int32),
+        oracle_calls=jnp.zeros(0, int_t),
+        tier_calls=jnp.zeros((0, n_tiers), int_t),
+    )
+
+
+#: Row keys the driver writes itself; a proposal's ``info`` may not use them.
+_DRIVER_KEYS = frozenset(
+    (
+        "method", "iteration", "input_id", "input_hash", "status", "converged", "steps",
+        "force_calls", "n_atoms", "energy_per_atom", "max_force", "oracle_calls", "unique",
+        "duplicate_of", "enthalpy_per_atom", "matches_reference",
+    )
+)  # fmt: skip
+
+
+def _info_row(proposal: Proposal, k: int) -> dict:
+    """Key-value pairs of candidate ``k`` from the proposal's ``info`` (plain Python values)."""
+    if not proposal.info:
+        return {}
+    out = {}
+    for name, values in proposal.info.items():
+        if name in _DRIVER_KEYS or name.endswith("_calls"):
+            raise InvalidSearchError(
+                f"proposal info {name!r} clashes with a key the driver writes", field="info"
+            )
+        v = np.asarray(values)
+        if v.shape[:1] != (proposal.size,):
+            raise InvalidSearchError(
+                f"proposal info {name!r} has shape {v.shape}, expected ({proposal.size},)",
+                field="info",
+            )
+        x = v[k].item()
+        out[name] = x
+    return out
 
 
 def _single_points(proposal, oracle, *, db, first_id, iteration, method, pressure):
@@ -353,6 +402,7 @@ def _single_points(proposal, oracle, *, db, first_id, iteration, method, pressur
                     force_calls=1,
                     n_atoms=n,
                     energy_per_atom=float(e[k]) / n if good else 0.0,
+                    **_info_row(proposal, k),
                 ),
             )
         rows = _read_rows(con, ids)

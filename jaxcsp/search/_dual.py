@@ -8,10 +8,15 @@ condition (Algorithm 2, :func:`jaxcsp.models.latent.refine_latents`) and runs Al
 on the decoded structures; newly valid ones join the valid set. The baseline runs the same
 rounds of Algorithm 1 alone (same steps, no latent stage) on the same starting candidates.
 
-The valid sets are then screened as in the seed's §3.5: relaxed with a potential (variable
-cell), deduplicated with pymatgen's ``StructureMatcher`` tolerances (0.3 Å, 20 %, 5°), ranked
-by energy against graphite relaxed with the same potential: ``N_valid_env``, ``N_unique`` and
-``N_low_E`` (unique structures within 0.55 eV/atom of graphite).
+The loop is a search method (:func:`dual_level_search`, a pure ``(init, step)`` pair): each
+iteration is one round, and its proposal is the round's newly valid candidates, which the
+search driver (:func:`jaxcsp.search.run`) relaxes on the oracle (variable cell, continuous
+batching), writes to the database as they finish, deduplicates with pymatgen's
+``StructureMatcher`` tolerances (0.3 Å, 20 %, 5°) and ranks against graphite relaxed on the
+same potential — the seed's §3.5 screening: ``N_valid_env``, ``N_unique`` and ``N_low_E``
+(unique structures within 0.55 eV/atom of graphite). A killed run resumes from its database
+to the same result. :func:`dual_level` runs both arms (dual level, and Algorithm 1 alone on
+the same starting candidates) and reports them side by side.
 """
 
 from __future__ import annotations
@@ -25,48 +30,97 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["DualLevelResult", "Screening", "dual_level", "plot_dual_level", "screen_candidates"]
+from jaxcsp.search._base import Evaluation, Method, Proposal, SearchState, record
+
+__all__ = [
+    "DualLevelPopulation",
+    "DualLevelResult",
+    "Screening",
+    "dual_level",
+    "dual_level_search",
+    "plot_dual_level",
+]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DualLevelPopulation:
+    """The dual-level search's own state (``SearchState.population``), candidate order.
+
+    Attributes:
+      crystals: :class:`~jaxcsp.symmetry.WyckoffCrystals` ``(n,)``, each candidate's latest
+        structure (its valid one once found).
+      initial: the decoder samples the search started from.
+      valid: ``(n,) bool``, CN-valid so far.
+      round: ``(n,) int``, round (1-based) in which the candidate became valid, 0 if not yet.
+      loss: ``(n,)`` descriptor loss of ``crystals``.
+    """
+
+    crystals: Any
+    initial: Any
+    valid: Any
+    round: Any
+    loss: Any
+
+    def log(self, rounds: int) -> list[dict]:
+        """Per round ``{"round", "attempted", "new_valid", "valid"}`` up to ``rounds``."""
+        found = np.asarray(self.round)
+        out, done = [], 0
+        for r in range(1, rounds + 1):
+            new = int(np.sum(found == r))
+            out.append(
+                {"round": r, "attempted": len(found) - done, "new_valid": new, "valid": done + new}
+            )
+            done += new
+        return out
+
+    def proposed(self, rounds: int) -> np.ndarray:
+        """Candidate indices in the order their rounds proposed them (the archive's order)."""
+        found = np.asarray(self.round)
+        return np.concatenate(
+            [np.flatnonzero(found == r) for r in range(1, rounds + 1)] + [np.zeros(0, int)]
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class Screening:
-    """Energy screening of a valid set (§3.5).
+    """The search driver's screening of one arm's valid set (§3.5), candidate-indexed.
 
     Attributes:
-      indices: ``(V,)`` candidate indices of the valid set.
+      indices: ``(V,)`` candidate indices of the valid set, in archive (proposal) order.
       energy_per_atom: ``(V,)`` relaxed energies, eV/atom (NaN where the relaxation failed).
-      unique: ``(V,)`` bool, first member of its ``StructureMatcher`` group after relaxation.
+      unique: ``(V,)`` bool, representative of its ``StructureMatcher`` group after relaxation.
       crystals: relaxed :class:`~jaxcsp.Crystals` ``(V, N)``.
-      energy, forces, stress: relaxed total energies (eV), forces (eV/Å), stresses (eV/Å³).
-      reference: graphite's relaxed energy under the same potential, eV/atom.
+      reference: graphite's relaxed energy on the same potential, eV/atom.
       window: the ``N_low_E`` window above ``reference``, eV/atom.
+      metrics: the driver's :func:`~jaxcsp.search.search_metrics` (``n_valid`` relaxed without
+        failure, ``n_unique``, ``n_low_e``, ``oracle_calls``, ``i_m0`` for graphite itself, ...).
+      db: the database holding the arm's rows.
     """
 
     indices: np.ndarray
     energy_per_atom: np.ndarray
     unique: np.ndarray
     crystals: Any
-    energy: np.ndarray
-    forces: np.ndarray
-    stress: np.ndarray
     reference: float
     window: float
+    metrics: dict
+    db: str
 
     @property
     def n_valid_env(self) -> int:
-        """Candidates in the valid set."""
+        """Candidates in the valid set (``N_valid_env``)."""
         return len(self.indices)
 
     @property
     def n_unique(self) -> int:
         """Unique relaxed structures (``N_unique``)."""
-        return int(np.sum(self.unique))
+        return int(self.metrics["n_unique"])
 
     @property
     def n_low_e(self) -> int:
         """Unique structures within ``window`` eV/atom of graphite (``N_low_E``)."""
-        de = self.energy_per_atom - self.reference
-        return int(np.sum(self.unique & np.isfinite(de) & (de <= self.window)))
+        return int(self.metrics["n_low_e"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +136,9 @@ class DualLevelResult:
       rounds: per round ``{"round", "attempted", "new_valid", "valid"}`` (dual level).
       baseline_rounds: the same for Algorithm 1 alone (``None`` without the baseline).
       baseline_valid: ``(n,)`` bool or ``None``.
-      screening, baseline_screening: :class:`Screening` of each valid set (or ``None``).
-      seconds: wall time of the rounds (without screening), s.
+      baseline_final: Algorithm 1's last structures, or ``None``.
+      screening, baseline_screening: :class:`Screening` of each arm (or ``None``).
+      seconds: wall time, s (rounds, and the screening when it ran).
     """
 
     initial: Any
@@ -116,9 +171,9 @@ class DualLevelResult:
                 lines.append(
                     f"{name}: N_valid_env {sc.n_valid_env}, N_unique {sc.n_unique}, "
                     f"N_low_E {sc.n_low_e} (within {sc.window} eV/atom of graphite, "
-                    f"{sc.reference:.4f} eV/atom)"
+                    f"{sc.reference:.4f} eV/atom), {sc.metrics['oracle_calls']} oracle calls"
                 )
-        lines.append(f"rounds wall time: {self.seconds:.1f} s")
+        lines.append(f"wall time: {self.seconds:.1f} s")
         return "\n".join(lines)
 
 
@@ -237,78 +292,209 @@ def _rounds(
     return wc, valid, found, loss, log
 
 
-def screen_candidates(
-    wc: Any,
-    indices: Any,
-    potential: Any = None,
+def _conditions(n: int, key: Any, table: Any) -> Any:
+    bits = np.asarray(jax.random.key_data(jax.random.fold_in(key, 2))).ravel()
+    rng = np.random.default_rng([int(b) for b in bits])
+    return table.take(rng.integers(0, table.batch_size, n))
+
+
+def _model_fingerprint(model: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for leaf in jax.tree.leaves((model.params, model.transform)):
+        h.update(np.ascontiguousarray(np.asarray(leaf, np.float64)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def dual_level_search(
+    model: Any,
+    n: int = 1000,
     *,
-    window: float = 0.55,
-    fmax: float = 0.05,
-    max_steps: int = 200,
-    ltol: float = 0.2,
-    stol: float = 0.3,
-    angle_tol: float = 5.0,
-) -> Screening:
-    """Relax, deduplicate and rank a valid set against graphite (§3.5).
+    rounds: int = 3,
+    steps: int = 300,
+    latent_steps: int = 100,
+    batch_size: int = 256,
+    conditions: Any = None,
+    latent_init: str = "encode",
+    latent: bool = True,
+    target_cn: int = 3,
+    cn_weight: float = 1.0,
+    progress: Any = None,
+) -> Method:
+    """The dual-level loop (or Algorithm 1 alone) as a :class:`~jaxcsp.search.Method`.
+
+    ``init`` draws ``n`` conditions (space group, Wyckoff sites) from ``conditions`` with
+    replacement, samples the decoder under them and runs round 1 (Algorithm 1 on all);
+    ``step`` runs the next round on the still-invalid candidates (latent refinement under
+    their fixed condition, then Algorithm 1; Algorithm 1 alone with ``latent=False``). Each
+    proposal is the round's newly CN-valid candidates (``Proposal.crystals (P, N)``, Å), with
+    ``info`` ``candidate``, ``round``, ``loss`` and ``valid_env`` written into their rows.
+    Run it with ``max_iterations=rounds``; given the key, every round is deterministic, so a
+    resumed search proposes exactly what an uninterrupted one would.
 
     Args:
-      wc: :class:`~jaxcsp.symmetry.WyckoffCrystals` of all candidates.
-      indices: ``(V,)`` rows of the valid set.
-      potential: :class:`~jaxcsp.potentials.Potential` (default Tersoff carbon).
-      window: ``N_low_E`` window above graphite, eV/atom (the seed's 0.55).
-      fmax, max_steps: relaxation (variable cell, FrechetCellFilter, BFGS + line search); the
-        median CN = 3 candidate converges in about 16 steps, a few never do, and the batch
-        should not wait 500 steps for them (their energies are ranked as they stand).
-      ltol, stol, angle_tol: ``StructureMatcher`` tolerances after relaxation.
+      model: trained conditional :class:`~jaxcsp.models.cvae.CVAEModel`.
+      n: candidates.
+      rounds: ``R_max`` (round 1 is Algorithm 1 on all candidates).
+      steps: Algorithm 1 steps per round; latent_steps: Algorithm 2 steps per round.
+      batch_size: candidates per jitted batch (the last one is padded: one program).
+      conditions: :class:`~jaxcsp.symmetry.WyckoffCrystals` whose conditions are drawn
+        (default: the shipped training set's).
+      latent_init: ``"encode"`` or ``"prior"`` (see :func:`~jaxcsp.models.latent.refine_latents`).
+      latent: the latent stage (``False``: the Algorithm 1 baseline, same rounds and steps).
+      target_cn, cn_weight: validity test and smooth-CN weight of the loss (as ``design``).
+      progress: ``(rich Progress, task)`` advanced per candidate-stage, or ``None``.
 
     Returns:
-      :class:`Screening`.
+      ``Method("dual_level" | "algorithm1", init, step, config)``; the state's ``population``
+      is a :class:`DualLevelPopulation`. ``init``'s composition must be the model's element
+      (its count is ignored: cell sizes come from the conditions).
+
+    Raises:
+      InvalidArgumentError: bad settings, or a model that is not conditional.
     """
-    from jaxcsp.io import read as read_structures
-    from jaxcsp.optimize import relax
-    from jaxcsp.potentials import tersoff_carbon
-    from jaxcsp.search._dedup import deduplicate
-    from jaxcsp.symmetry import reconstruct
+    from jaxcsp.descriptors import reference_spectrum
+    from jaxcsp.elements import chemical_symbols
+    from jaxcsp.errors import InvalidArgumentError, check_int
 
-    potential = tersoff_carbon() if potential is None else potential
-    indices = np.asarray(indices, int)
-    graphite = read_structures(
-        os.path.join(
-            os.path.dirname(os.path.dirname(__file__)), "data", "structures", "graphite.cif"
+    n = check_int("n", n)
+    rounds = check_int("rounds", rounds)
+    steps = check_int("steps", steps, minimum=0)
+    latent_steps = check_int("latent_steps", latent_steps, minimum=0)
+    batch_size = min(check_int("batch_size", batch_size), n)
+    if latent_init not in ("encode", "prior"):
+        raise InvalidArgumentError(
+            f"must be 'encode' or 'prior', got {latent_init!r}",
+            argument="latent_init",
+            value=latent_init,
         )
+    if not model.conditional:
+        raise InvalidArgumentError(
+            "the dual-level loop needs the conditional model", argument="model"
+        )
+    if conditions is None:
+        from jaxcsp.datasets import load_carbon_sp2
+
+        conditions = load_carbon_sp2(dtype=model.transform.means.dtype)
+    element = chemical_symbols([int(model.species)])[0]
+    ref = reference_spectrum("graphite", nmax=2, lmax=4, rcut=2.0, alpha=1.5)
+    kw = dict(cn_weight=float(cn_weight), cn_target=float(target_cn))
+    common = dict(
+        steps=steps,
+        latent_steps=latent_steps,
+        batch_size=batch_size,
+        target_cn=target_cn,
+        rep_kw=kw,
+        lat_kw=kw,
+        init=latent_init,
+        bar=progress,
     )
-    g = relax(graphite, potential, fmax=fmax, cell_filter="frechet", max_steps=max_steps)
-    reference = float(np.asarray(g.energy)[0]) / int(np.asarray(graphite.num_atoms)[0])
-    if len(indices) == 0:
-        z = np.zeros(0)
-        return Screening(indices, z, z.astype(bool), None, z, z, z, reference, float(window))
-    c = reconstruct(wc.take(indices))
-    res = relax(c, potential, fmax=fmax, cell_filter="frechet", max_steps=max_steps)
-    n_atoms = np.asarray(c.num_atoms)
-    e = np.asarray(res.energy) / n_atoms
-    ok = np.isfinite(e)
-    e = np.where(ok, e, np.nan)
-    unique = np.zeros(len(indices), bool)
-    good = np.flatnonzero(ok)
-    if len(good):
-        labels = deduplicate(res.crystals.take(good), ltol=ltol, stol=stol, angle_tol=angle_tol)
-        unique[good] = labels == np.arange(len(good))
+    name = "dual_level" if latent else "algorithm1"
+
+    def propose(pop: DualLevelPopulation, r: int) -> Proposal:
+        from jaxcsp.symmetry import reconstruct
+
+        new = np.flatnonzero(np.asarray(pop.round) == r)
+        pick = new if len(new) else np.zeros(1, int)
+        crystals = reconstruct(pop.crystals.take(pick))
+        if not len(new):
+            crystals = crystals.take(new)
+        info = dict(
+            candidate=new,
+            round=np.full(len(new), r),
+            loss=np.asarray(pop.loss, np.float64)[new],
+            valid_env=np.ones(len(new), bool),
+            spg=np.asarray(pop.crystals.spg)[new],
+        )
+        return Proposal(crystals, info=info)
+
+    def advance(pop: DualLevelPopulation, r: int, key: Any) -> DualLevelPopulation:
+        carry = (
+            pop.crystals,
+            np.asarray(pop.valid),
+            np.asarray(pop.round),
+            np.asarray(pop.loss, np.float64),
+            [],
+        )
+        wc, valid, found, loss, _ = _rounds(
+            model, carry, ref, first=r, rounds=r, latent=latent, key=key, **common
+        )
+        return dataclasses.replace(pop, crystals=wc, valid=valid, round=found, loss=loss)
+
+    def init(key: Any, composition: tuple[tuple[str, int], ...]):
+        els = [e for e, _ in composition]
+        if els != [element]:
+            raise InvalidArgumentError(
+                f"the model generates {element}; the search asked for {els}",
+                argument="composition",
+                value=els,
+            )
+        templates = _conditions(n, key, conditions)
+        wc0 = model.sample(jax.random.fold_in(key, 0), templates)
+        pop = DualLevelPopulation(
+            wc0, wc0, np.zeros(n, bool), np.zeros(n, np.int64), np.full(n, np.nan)
+        )
+        pop = advance(pop, 1, jax.random.fold_in(key, 1))
+        state = SearchState.create(key, composition, name, population=pop)
+        return state, propose(pop, 1)
+
+    def step(state: SearchState, evaluation: Evaluation):
+        state = record(state, evaluation)
+        r = int(state.iteration) + 1
+        pop = state.population
+        if r <= rounds:
+            pop = advance(pop, r, jax.random.fold_in(state.key, 1))
+        state = dataclasses.replace(state, population=pop)
+        return state, propose(pop, r)
+
+    config = dict(
+        n=n,
+        rounds=rounds,
+        steps=steps,
+        latent_steps=latent_steps if latent else 0,
+        batch_size=batch_size,
+        latent_init=latent_init if latent else None,
+        target_cn=int(target_cn),
+        cn_weight=float(cn_weight),
+        model=_model_fingerprint(model),
+        conditions=int(conditions.batch_size),
+    )
+    return Method(name, init, step, config)
+
+
+def _baseline_db(db: str | os.PathLike) -> str:
+    """``runs/c.db`` -> ``runs/c.algorithm1.db`` (the baseline arm's database)."""
+    root, ext = os.path.splitext(os.fspath(db))
+    return f"{root}.algorithm1{ext or '.db'}"
+
+
+def _by_hand(method: Method, element: str, seed: int, rounds: int) -> DualLevelPopulation:
+    """The rounds without an oracle: ``init`` and ``step`` stepped with empty evaluations."""
+    from jaxcsp.search._driver import _empty_evaluation
+
+    state, proposal = method.init(jax.random.key(int(seed)), ((element, 1),))
+    for it in range(rounds - 1):
+        empty = _empty_evaluation(Proposal(proposal.crystals.take(np.zeros(0, int))), it, 0)
+        state, proposal = method.step(state, empty)
+    return state.population
+
+
+def _screening(res: Any, pop: DualLevelPopulation, rounds: int, window: float) -> Screening:
+    idx = pop.proposed(rounds)
+    archive = res.state.archive
+    labels = np.asarray(res.labels)
+    ok = archive.ok
     return Screening(
-        indices,
-        e,
-        unique,
-        res.crystals,
-        np.asarray(res.energy),
-        np.asarray(res.forces),
-        np.asarray(res.stress),
-        reference,
-        float(window),
+        indices=idx,
+        energy_per_atom=np.where(ok, np.asarray(archive.enthalpy_per_atom, np.float64), np.nan),
+        unique=ok & (labels == np.arange(len(labels))),
+        crystals=archive.crystals,
+        reference=float(res.reference_energy),
+        window=float(window),
+        metrics=dict(res.metrics),
+        db=res.db,
     )
-
-
-def _conditions(n: int, seed: int, table: Any) -> Any:
-    rng = np.random.default_rng([seed, 17])
-    return table.take(rng.integers(0, table.batch_size, n))
 
 
 def dual_level(
@@ -326,95 +512,131 @@ def dual_level(
     screen: bool = True,
     potential: Any = None,
     window: float = 0.55,
+    fmax: float = 0.05,
+    max_steps: int = 500,
     target_cn: int = 3,
     cn_weight: float = 1.0,
     db: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> DualLevelResult:
-    """Run the dual-level loop on ``n`` decoder samples (and Algorithm 1 alone on the same).
+    """Run the dual-level loop on ``n`` decoder samples, and Algorithm 1 alone on the same.
+
+    With ``screen`` each arm is a search (:func:`dual_level_search` run by
+    :func:`jaxcsp.search.run`, ``max_iterations=rounds``, graphite as the reference): its
+    valid candidates are relaxed on ``potential`` as they are found and written to ``db``
+    (the baseline to ``<db>.algorithm1.db``); rerunning the same call resumes both from their
+    databases to the same result. Candidates that never became valid are added to the
+    database at the end (no energies, ``valid_env=False``).
 
     Args:
       model: trained conditional :class:`~jaxcsp.models.cvae.CVAEModel`.
       n: candidates.
       seed: random seed: the conditions drawn, the decoder samples and the prior restarts.
-      rounds: ``R_max`` (round 1 is Algorithm 1 on all candidates).
-      steps: Algorithm 1 steps per round; latent_steps: Algorithm 2 steps per round.
-      batch_size: candidates per jitted batch (the last one is padded: one program).
-      conditions: :class:`~jaxcsp.symmetry.WyckoffCrystals` whose (space group, Wyckoff)
-        conditions are drawn with replacement (default: the shipped training set's).
-      latent_init: ``"encode"`` or ``"prior"`` (see :func:`~jaxcsp.models.latent.refine_latents`).
+      rounds, steps, latent_steps, batch_size, conditions, latent_init, target_cn, cn_weight:
+        as :func:`dual_level_search`.
       baseline: also run Algorithm 1 alone for the same rounds.
-      screen: relax, deduplicate and rank the valid sets (:func:`screen_candidates`).
-      potential: screening potential (default Tersoff carbon).
-      window: ``N_low_E`` window, eV/atom.
-      target_cn, cn_weight: validity test and smooth-CN weight of the loss (as ``design``).
+      screen: relax, deduplicate and rank the valid sets on the oracle.
+      potential: the oracle (default Tersoff carbon, :func:`jaxcsp.potentials.tersoff_carbon`).
+      window: ``N_low_E`` window above graphite, eV/atom (the seed's 0.55).
+      fmax, max_steps: relaxation (variable cell, FrechetCellFilter, BFGS + line search,
+        continuous batching), eV/Å and steps.
       db: ASE database receiving every final candidate (key-value pairs ``valid_env``,
-        ``round``, ``loss``, ``unique``, ``energy_per_atom``, ``candidate``, ``seed``; relaxed
-        energy, forces and stress as the row's calculator results for screened candidates).
+        ``round``, ``loss``, ``candidate``; screened rows also ``unique``,
+        ``energy_per_atom``, ``enthalpy_per_atom``, ``status``, and relaxed energy, forces
+        and stress as the row's calculator results). ``None`` with ``screen``: a temporary
+        directory.
       progress: show progress (rich).
 
     Returns:
       :class:`DualLevelResult`.
     """
-    from jaxcsp.descriptors import reference_spectrum
-    from jaxcsp.errors import InvalidArgumentError, check_int
+    import tempfile
+
+    from jaxcsp.elements import chemical_symbols
+    from jaxcsp.errors import check_int
 
     n = check_int("n", n)
     rounds = check_int("rounds", rounds)
-    batch_size = min(check_int("batch_size", batch_size), n)
-    if not model.conditional:
-        raise InvalidArgumentError(
-            "the dual-level loop needs the conditional model", argument="model"
-        )
-    if conditions is None:
-        from jaxcsp.datasets import load_carbon_sp2
-
-        conditions = load_carbon_sp2(dtype=model.transform.means.dtype)
-    templates = _conditions(n, seed, conditions)
-    key = jax.random.key(seed)
-    wc0 = model.sample(jax.random.fold_in(key, 0), templates)
-    ref = reference_spectrum("graphite", nmax=2, lmax=4, rcut=2.0, alpha=1.5)
-    rep_kw = dict(cn_weight=float(cn_weight), cn_target=float(target_cn))
-    lat_kw = dict(cn_weight=float(cn_weight), cn_target=float(target_cn))
-    bar = _progress(progress, n * (2 * rounds - 1) + (n * (rounds - 1) if baseline else 0))
+    element = chemical_symbols([int(model.species)])[0]
+    arms = [True] + ([False] if baseline else [])
+    bar = _progress(progress, n * (2 * rounds - 1) + (n * rounds if baseline else 0))
+    settings = dict(
+        rounds=rounds,
+        steps=steps,
+        latent_steps=latent_steps,
+        batch_size=batch_size,
+        conditions=conditions,
+        latent_init=latent_init,
+        target_cn=target_cn,
+        cn_weight=cn_weight,
+        progress=bar,
+    )
     t0 = time.perf_counter()
+    pops, screens = [], []
+    tmp = None
     try:
-        common = dict(
-            rounds=rounds,
-            steps=steps,
-            latent_steps=latent_steps,
-            batch_size=batch_size,
-            target_cn=target_cn,
-            rep_kw=rep_kw,
-            lat_kw=lat_kw,
-            init=latent_init,
-            key=jax.random.fold_in(key, 1),
-            bar=bar,
-        )
-        start = (wc0, np.zeros(n, bool), np.zeros(n, int), np.full(n, np.nan), [])
-        # round 1 (Algorithm 1 on everything) is shared by both arms
-        first = _rounds(model, start, ref, first=1, latent=False, **{**common, "rounds": 1})
-        final, valid, found, loss, log = _rounds(model, first, ref, first=2, latent=True, **common)
-        b_final = b_valid = b_log = None
-        if baseline:
-            b_final, b_valid, _, _, b_log = _rounds(
-                model, first, ref, first=2, latent=False, **common
+        if screen and db is None:
+            tmp = tempfile.TemporaryDirectory(prefix="jaxcsp-dual-")
+            db = os.path.join(tmp.name, "dual.db")
+        for latent in arms:
+            method = dual_level_search(model, n, latent=latent, **settings)
+            if not screen:
+                pops.append(_by_hand(method, element, seed, rounds))
+                screens.append(None)
+                continue
+            from jaxcsp.potentials import tersoff_carbon
+            from jaxcsp.search._base import Oracle
+            from jaxcsp.search._driver import run
+
+            arm_db = db if latent else _baseline_db(db)
+            res = run(
+                method,
+                element,
+                Oracle(tersoff_carbon() if potential is None else potential),
+                db=arm_db,
+                seed=seed,
+                max_iterations=rounds,
+                fmax=fmax,
+                max_steps=max_steps,
+                reference=_GRAPHITE,
+                window=window,
+                progress=False,
             )
+            pop = res.state.population
+            pops.append(pop)
+            screens.append(_screening(res, pop, rounds, window))
+            _write_invalid(arm_db, pop, seed, method.name)
     finally:
         if bar is not None:
             bar[0].stop()
+    if not screen and db is not None:
+        _write(db, pops[0], seed)
+    if tmp is not None:
+        screens = [
+            None if sc is None else dataclasses.replace(sc, db="") for sc in screens
+        ]  # the temporary databases are gone
+        tmp.cleanup()
     seconds = time.perf_counter() - t0
-    sc = b_sc = None
-    if screen:
-        sc = screen_candidates(final, np.flatnonzero(valid), potential, window=window)
-        if baseline:
-            b_sc = screen_candidates(b_final, np.flatnonzero(b_valid), potential, window=window)
-    result = DualLevelResult(
-        wc0, final, valid, found, loss, log, b_log, b_valid, b_final, sc, b_sc, seconds
+    pop, b = pops[0], (pops[1] if baseline else None)
+    return DualLevelResult(
+        initial=pop.initial,
+        final=pop.crystals,
+        valid=np.asarray(pop.valid),
+        round=np.asarray(pop.round),
+        loss=np.asarray(pop.loss),
+        rounds=pop.log(rounds),
+        baseline_rounds=None if b is None else b.log(rounds),
+        baseline_valid=None if b is None else np.asarray(b.valid),
+        baseline_final=None if b is None else b.crystals,
+        screening=screens[0],
+        baseline_screening=screens[1] if baseline else None,
+        seconds=seconds,
     )
-    if db is not None:
-        _write(db, result, seed)
-    return result
+
+
+_GRAPHITE = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "data", "structures", "graphite.cif"
+)
 
 
 def _progress(progress: bool, total: int):
@@ -427,38 +649,50 @@ def _progress(progress: bool, total: int):
     return p, p.add_task("dual", total=total)
 
 
-def _write(db, result: DualLevelResult, seed: int) -> None:
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    from jaxcsp.io import connect_db, to_ase
+def _rows(pop: DualLevelPopulation, which: np.ndarray, seed: int, method: str) -> list:
+    from jaxcsp.io import to_ase
     from jaxcsp.symmetry import reconstruct
 
-    images = to_ase(reconstruct(result.final))
-    sc = result.screening
-    where = {} if sc is None else {int(i): k for k, i in enumerate(sc.indices)}
-    relaxed = [] if sc is None or sc.crystals is None else to_ase(sc.crystals)
+    if not len(which):
+        return []
+    images = to_ase(reconstruct(pop.crystals.take(which)))
+    spg = np.asarray(pop.crystals.spg)
+    out = []
+    for i, atoms in zip(which, images, strict=True):
+        kvp = dict(
+            candidate=int(i),
+            seed=int(seed),
+            method=method,
+            valid_env=bool(np.asarray(pop.valid)[i]),
+            round=int(np.asarray(pop.round)[i]),
+            loss=float(np.asarray(pop.loss)[i]),
+            spg=int(spg[i]),
+        )
+        out.append((atoms, kvp))
+    return out
+
+
+def _write_invalid(db, pop: DualLevelPopulation, seed: int, method: str) -> None:
+    """Rows of the candidates that never became valid (idempotent: a rerun adds none twice)."""
+    from jaxcsp.io import connect_db
+
     with connect_db(db) as con:
-        for i, atoms in enumerate(images):
-            kvp = dict(
-                candidate=i,
-                seed=int(seed),
-                valid_env=bool(result.valid[i]),
-                round=int(result.round[i]),
-                loss=float(result.loss[i]),
-                spg=int(np.asarray(result.final.spg)[i]),
-            )
-            k = where.get(i)
-            if k is not None and np.isfinite(sc.energy_per_atom[k]):
-                atoms = relaxed[k]
-                m = len(atoms)
-                s = sc.stress[k]
-                atoms.calc = SinglePointCalculator(
-                    atoms,
-                    energy=float(sc.energy[k]),
-                    forces=sc.forces[k][:m],
-                    stress=s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]],
-                )
-                kvp.update(unique=bool(sc.unique[k]), energy_per_atom=float(sc.energy_per_atom[k]))
+        have = {int(r.candidate) for r in con.select(valid_env=False)}
+        todo = np.asarray(
+            [i for i in np.flatnonzero(~np.asarray(pop.valid)) if int(i) not in have], int
+        )
+        for atoms, kvp in _rows(pop, todo, seed, method):
+            con.write(atoms, key_value_pairs=kvp)
+
+
+def _write(db, pop: DualLevelPopulation, seed: int) -> None:
+    """Every candidate's final structure, unscreened (no energies)."""
+    from jaxcsp.io import connect_db
+
+    with connect_db(db) as con:
+        have = {int(r.candidate) for r in con.select("candidate>=0")}
+        todo = np.asarray([i for i in range(len(pop.valid)) if i not in have], int)
+        for atoms, kvp in _rows(pop, todo, seed, "dual_level"):
             con.write(atoms, key_value_pairs=kvp)
 
 
