@@ -362,6 +362,23 @@ def test_dual_level_rounds_database_and_resume(tmp_path, model, data):
     np.testing.assert_allclose(again.screening.energy_per_atom, sc.energy_per_atom)
 
 
+def test_cli_dual_level_report(tmp_path, capsys):
+    """The command end to end (shipped model, shipped conditions): the report's table, the
+    screening line, the database and the figure."""
+    from ase.db import connect
+
+    from jaxcsp.cli import main
+
+    args = ["design", "--workflow", "dual-level", "--n", "16", "--rounds", "2", "--seed", "1"]
+    args += ["--steps", "25", "--latent-steps", "25", "--batch-size", "16", "--no-baseline"]
+    db, png = tmp_path / "c.db", tmp_path / "c.png"
+    assert main([*args, "--db", str(db), "--plot", str(png), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "valid (dual level)" in out and "dual level: N_valid_env" in out
+    assert len(list(connect(db).select())) == 16
+    assert png.stat().st_size > 0 and not (tmp_path / "c.algorithm1.db").exists()
+
+
 def test_cli_rejects_bad_dual_level_and_training_options(tmp_path, capsys):
     from jaxcsp.cli import main
 
