@@ -390,3 +390,6 @@ def test_cli_rejects_bad_dual_level_and_training_options(tmp_path, capsys):
         main(["design", "--workflow", "dual-level", "--model", str(tmp_path / "no.msgpack")]) == 1
     )
     assert "no.msgpack" in capsys.readouterr().err
+    bad = ["design", "--workflow", "dual-level", "--data", str(tmp_path / "none.csv")]
+    assert main([*bad, "--no-progress"]) == 1
+    assert "none.csv" in capsys.readouterr().err

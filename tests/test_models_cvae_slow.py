@@ -43,7 +43,8 @@ def test_dual_level_finds_more_valid_unique_candidates_than_algorithm_1_alone(tm
     from jaxcsp.symmetry import reconstruct
 
     model = shipped_cvae(dtype=jnp.float32)
-    res = dual_level(model, 1000, seed=0, rounds=3, screen=False, progress=False)
+    data = load_carbon_sp2(dtype=jnp.float32)
+    res = dual_level(model, 1000, conditions=data, seed=0, rounds=3, screen=False, progress=False)
     print(res.summary(), flush=True)
     assert res.rounds[0] == res.baseline_rounds[0]
     unique = {}
@@ -66,7 +67,10 @@ def test_dual_level_screened_report(tmp_path):
     from jaxcsp.search import dual_level
 
     model = shipped_cvae(dtype=jnp.float32)
-    res = dual_level(model, 1000, seed=0, rounds=3, db=tmp_path / "dual.db", progress=False)
+    data = load_carbon_sp2(dtype=jnp.float32)
+    res = dual_level(
+        model, 1000, conditions=data, seed=0, rounds=3, db=tmp_path / "dual.db", progress=False
+    )
     print(res.summary(), flush=True)
     sc, base = res.screening, res.baseline_screening
     assert sc.n_valid_env > base.n_valid_env

@@ -74,12 +74,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="latent restart of each round: the crystal's posterior mean (encode) or N(0, I)",
     )
     g.add_argument("--model", default=None, help="CVAE checkpoint (default: the shipped one)")
+    g.add_argument(
+        "--data",
+        default=None,
+        help="CSV table whose conditions are drawn, e.g. the one --model was trained on "
+        "(default: the shipped sp2 carbon set)",
+    )
     g.add_argument("--no-baseline", action="store_true", help="skip Algorithm 1 alone")
     g.add_argument("--no-screen", action="store_true", help="skip relaxation and ranking")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _dual(args: argparse.Namespace) -> int:
+    from jaxcsp.datasets import load_carbon_sp2, read_table
     from jaxcsp.errors import check_int
     from jaxcsp.models.cvae import load_cvae, shipped_cvae
     from jaxcsp.search._dual import dual_level, plot_dual_level
@@ -90,9 +97,13 @@ def _dual(args: argparse.Namespace) -> int:
     check_int("--latent-steps", args.latent_steps, minimum=0)
     check_int("--batch-size", args.batch_size)
     model = shipped_cvae() if args.model is None else load_cvae(args.model)
+    dtype = model.transform.means.dtype
+    data = args.data
+    conditions = load_carbon_sp2(dtype=dtype) if data is None else read_table(data, dtype=dtype)
     result = dual_level(
         model,
         args.n,
+        conditions=conditions,
         seed=args.seed,
         rounds=args.rounds,
         steps=args.steps,

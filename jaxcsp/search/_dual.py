@@ -311,11 +311,11 @@ def dual_level_search(
     model: Any,
     n: int = 1000,
     *,
+    conditions: Any,
     rounds: int = 3,
     steps: int = 300,
     latent_steps: int = 100,
     batch_size: int = 256,
-    conditions: Any = None,
     latent_init: str = "encode",
     latent: bool = True,
     target_cn: int = 3,
@@ -339,8 +339,9 @@ def dual_level_search(
       rounds: ``R_max`` (round 1 is Algorithm 1 on all candidates).
       steps: Algorithm 1 steps per round; latent_steps: Algorithm 2 steps per round.
       batch_size: candidates per jitted batch (the last one is padded: one program).
-      conditions: :class:`~jaxcsp.symmetry.WyckoffCrystals` whose conditions are drawn
-        (default: the shipped training set's).
+      conditions: :class:`~jaxcsp.symmetry.WyckoffCrystals` whose conditions are drawn,
+        e.g. the model's training set (:func:`jaxcsp.datasets.load_carbon_sp2` for the
+        shipped model).
       latent_init: ``"encode"`` or ``"prior"`` (see :func:`~jaxcsp.models.latent.refine_latents`).
       latent: the latent stage (``False``: the Algorithm 1 baseline, same rounds and steps).
       target_cn, cn_weight: validity test and smooth-CN weight of the loss (as ``design``).
@@ -373,10 +374,6 @@ def dual_level_search(
         raise InvalidArgumentError(
             "the dual-level loop needs the conditional model", argument="model"
         )
-    if conditions is None:
-        from jaxcsp.datasets import load_carbon_sp2
-
-        conditions = load_carbon_sp2(dtype=model.transform.means.dtype)
     element = chemical_symbols([int(model.species)])[0]
     ref = reference_spectrum("graphite", nmax=2, lmax=4, rcut=2.0, alpha=1.5)
     kw = dict(cn_weight=float(cn_weight), cn_target=float(target_cn))
@@ -501,12 +498,12 @@ def dual_level(
     model: Any,
     n: int = 1000,
     *,
+    conditions: Any,
     seed: int = 0,
     rounds: int = 3,
     steps: int = 300,
     latent_steps: int = 100,
     batch_size: int = 256,
-    conditions: Any = None,
     latent_init: str = "encode",
     baseline: bool = True,
     screen: bool = True,
