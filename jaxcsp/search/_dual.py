@@ -712,7 +712,8 @@ def plot_dual_level(result: DualLevelResult, path: str | os.PathLike) -> None:
     ax0.set_xlabel("round")
     ax0.set_ylabel("valid candidates (CN = 3), cumulative")
     ax0.set_xticks(r)
-    ax0.legend()
+    ax0.set_ylim(0, 1.3 * max(max(x["valid"] for x in result.rounds), 1))  # room for the legend
+    ax0.legend(loc="upper left")
     bins = np.arange(0.0, 3.01, 0.1)
     for name, sc in (
         ("dual level", result.screening),
