@@ -60,7 +60,7 @@ def test_dual_level_finds_more_valid_unique_candidates_than_algorithm_1_alone(tm
 
 
 def test_dual_level_screened_report(tmp_path):
-    """The whole report (run by hand: ``pytest -m slow -k screened``, about 20 minutes on 2
+    """The whole report (run by hand: ``pytest -m slow -k screened``, about 40 minutes on 2
     cores): both valid sets relaxed with Tersoff carbon, N_unique and N_low_E."""
     from ase.db import connect
 
