@@ -1,0 +1,588 @@
+"""SevenNet-0 in JAX: NequIP-style equivariant message passing on jaxcsp neighbor lists.
+
+Contract:
+
+* :func:`sevennet0` returns a :class:`~jaxcsp.potentials.Potential` (``cutoff`` 5 Å, the 89
+  elements SevenNet-0 was trained on) whose energy is SevenNet-0's, evaluated by a Flax
+  implementation of its architecture (:class:`SevenNet`); forces and stress come from autodiff
+  like every other potential, so it jits, vmaps and differentiates end to end (with respect to
+  positions, the cell, Wyckoff free variables through :func:`jaxcsp.symmetry.reconstruct`, and the
+  weights).
+* The weights are the ones the ``sevenn`` wheel installs, converted once by
+  :mod:`jaxcsp.potentials._sevennet_convert` (torch is needed for that one step only) and cached
+  as a msgpack file in the user's cache directory (:func:`cache_dir`); later runs read the cache
+  and never import torch.
+* Precision: the published weights are float32; the model computes in the crystal's float dtype
+  (float64 under ``jax_enable_x64`` reproduces the torch model run in float64 to ~1e-10 eV).
+
+Architecture (SevenNet's ``E3_equivariant_model`` with ``interaction_type='nequip'``; every
+normalisation constant is written out where it is used):
+
+* edges ``r_ij = r_j - r_i + shift @ lattice`` with ``0 < |r_ij| < cutoff``; radial features
+  ``(2 / r_c) sin(c_n r) / r`` (8 trained Bessel frequencies ``c_n``) times the XPLOR envelope
+  (1 below ``r_on`` = 4.5 Å, ``(r_c² - r²)² (r_c² + 2r² - 3r_on²) / (r_c² - r_on²)³`` above);
+  spherical harmonics ``Y^l(r̂)`` for l ≤ lmax, component normalisation (e3nn-jax's, identical to
+  e3nn's);
+* a one-hot species embedding and an equivariant linear layer to the first node features;
+* per interaction block: ``sc = Linear(x)``; ``x = Linear(x)``; the convolution
+  ``x_i = (1/d) Σ_j TP_uvu(x_j, Y(r̂_ij); W(|r_ij|))`` with per-edge path weights ``W`` from a
+  radial MLP (e3nn ``FullyConnectedNet``) and ``d = sqrt(avg. neighbors)``; ``x = Linear(x) + sc``;
+  a gate (normalised SiLU on scalars, normalised SiLU gates on l > 0);
+* readout ``Linear(128x0e → 64x0e) → Linear(64x0e → 1x0e)``, per-species scale and shift,
+  summed over atoms.
+
+e3nn's conventions, made explicit: an equivariant linear map sums its paths into each output
+block and divides by ``sqrt(fan_in)`` (the summed multiplicities feeding that block; "element"
+normalisation); the 'uvu' tensor product path into an irrep of dimension ``2l+1`` carries
+``sqrt((2l+1) / Σ mul_in2)`` with normalised Wigner 3j symbols; each MLP layer divides by
+``sqrt(h_in)``; activations are rescaled to unit second moment under a standard normal (the
+constants e3nn estimated, stored with the weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import e3nn_jax as e3nn
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcsp.crystal import Crystals
+from jaxcsp.errors import JaxcspError
+from jaxcsp.potentials._base import Potential, edge_vectors_single
+
+__all__ = [
+    "IrrepsLinear",
+    "SevenNet",
+    "SevenNetArch",
+    "SevenNetBlock",
+    "SevenNetCheckpointError",
+    "cache_dir",
+    "load_sevennet",
+    "save_sevennet",
+    "sevennet0",
+]
+
+Array = jax.Array
+
+
+class SevenNetCheckpointError(JaxcspError, ValueError):
+    """A converted SevenNet checkpoint is missing, unreadable or of another architecture."""
+
+
+# ---------------------------------------------------------------------- static architecture
+
+
+@dataclasses.dataclass(frozen=True)
+class SevenNetBlock:
+    """Static description of one interaction block (irreps as e3nn strings, unsimplified).
+
+    Attributes:
+      irreps_x: node features entering the block.
+      irreps_sc: output of the self-connection linear map (= the block's pre-gate irreps).
+      irreps_filter: edge spherical harmonics (``1x0e+1x1e+1x2e`` for lmax 2, no parity).
+      irreps_mid: output of the tensor product (one entry per path, sorted by irrep).
+      tp_paths: ``(i_in1, i_in2, i_out)`` of each 'uvu' path, in weight order.
+      radial_hidden: hidden widths of the radial MLP (``(64, 64)``).
+      radial_act_scale: normalisation constant of the radial MLP's SiLU.
+      gate_scalars: scalar channels kept by the gate (``"128x0e"``).
+      gate_gates: gate channels (one scalar per gated multiplicity).
+      gate_gated: gated channels (``l > 0``).
+      scalar_act_scales: normalisation constant of the activation of each scalar block.
+      gate_act_scales: normalisation constant of the activation of each gate block.
+      scalar_acts: activation names of the scalar blocks (``"silu"`` or ``"tanh"``).
+      gate_acts: activation names of the gate blocks.
+    """
+
+    irreps_x: str
+    irreps_sc: str
+    irreps_filter: str
+    irreps_mid: str
+    tp_paths: tuple[tuple[int, int, int], ...]
+    radial_hidden: tuple[int, ...]
+    radial_act_scale: float
+    gate_scalars: str
+    gate_gates: str
+    gate_gated: str
+    scalar_acts: tuple[str, ...]
+    scalar_act_scales: tuple[float, ...]
+    gate_acts: tuple[str, ...]
+    gate_act_scales: tuple[float, ...]
+
+    @property
+    def irreps_out(self) -> str:
+        """Node features leaving the block (the gate's output)."""
+        return str(e3nn.Irreps(self.gate_scalars) + e3nn.Irreps(self.gate_gated))
+
+
+@dataclasses.dataclass(frozen=True)
+class SevenNetArch:
+    """Static, hashable description of a SevenNet model (everything but the weights).
+
+    Attributes:
+      name: model name (``"7net-0"``).
+      cutoff: edge cutoff ``r_c`` in Å (5.0).
+      cutoff_on: start of the XPLOR envelope ``r_on`` in Å (4.5).
+      lmax: highest spherical-harmonic degree on edges (2).
+      num_basis: radial Bessel functions (8).
+      type_map: ``((Z, type_index), ...)`` for every covered element.
+      irreps_embed: node features after the species embedding (``"128x0e"``).
+      blocks: the interaction blocks.
+      irreps_readout_hidden: hidden readout irreps (``"64x0e"``).
+    """
+
+    name: str
+    cutoff: float
+    cutoff_on: float
+    lmax: int
+    num_basis: int
+    type_map: tuple[tuple[int, int], ...]
+    irreps_embed: str
+    blocks: tuple[SevenNetBlock, ...]
+    irreps_readout_hidden: str
+
+    @property
+    def num_types(self) -> int:
+        """Number of species types of the one-hot embedding."""
+        return len(self.type_map)
+
+    @property
+    def species(self) -> tuple[int, ...]:
+        """Sorted atomic numbers the model covers."""
+        return tuple(sorted(z for z, _ in self.type_map))
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (for the checkpoint file)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SevenNetArch:
+        """Inverse of :meth:`to_dict`."""
+        blocks = []
+        for b in d["blocks"]:
+            b = dict(b)
+            for key in ("scalar_acts", "gate_acts", "radial_hidden"):
+                b[key] = tuple(b[key])
+            b["scalar_act_scales"] = tuple(float(x) for x in b["scalar_act_scales"])
+            b["gate_act_scales"] = tuple(float(x) for x in b["gate_act_scales"])
+            b["tp_paths"] = tuple(tuple(int(i) for i in p) for p in b["tp_paths"])
+            blocks.append(SevenNetBlock(**b))
+        out = dict(d)
+        out["blocks"] = tuple(blocks)
+        out["type_map"] = tuple((int(z), int(t)) for z, t in d["type_map"])
+        return cls(**out)
+
+
+def tp_paths(irreps_x: str, irreps_filter: str, irreps_keep: str) -> tuple[str, tuple]:
+    """SevenNet's convolution paths: every ``x ⊗ Y → ir`` with ``ir`` in ``irreps_keep``.
+
+    Returns ``(irreps_mid, paths)``: the tensor product's output irreps (one entry of multiplicity
+    ``mul_x`` per path, sorted by irrep, stable) and ``(i_in1, i_in2, i_out)`` per path sorted by
+    ``i_out`` — the order of the per-edge weights.
+    """
+    x, f, keep = e3nn.Irreps(irreps_x), e3nn.Irreps(irreps_filter), e3nn.Irreps(irreps_keep)
+    keep_irs = {ir for _, ir in keep}
+    mid, paths = [], []
+    for i, (mul_x, ir_x) in enumerate(x):
+        for j, (_, ir_f) in enumerate(f):
+            for ir_out in ir_x * ir_f:
+                if ir_out in keep_irs:
+                    paths.append((i, j, len(mid)))
+                    mid.append((mul_x, ir_out))
+    order = sorted(range(len(mid)), key=lambda k: (mid[k][1], k))  # stable sort by irrep
+    new_index = {old: new for new, old in enumerate(order)}
+    mid_sorted = e3nn.Irreps([mid[k] for k in order])
+    paths = sorted(((i, j, new_index[k]) for i, j, k in paths), key=lambda p: p[2])
+    return str(mid_sorted), tuple(paths)
+
+
+# ---------------------------------------------------------------------- layers
+
+
+def _blocks(irreps: str) -> list[tuple[int, int, int, int]]:
+    """``(mul, l, start, stop)`` of each block of a flat feature vector."""
+    out, start = [], 0
+    for mul, ir in e3nn.Irreps(irreps):
+        stop = start + mul * ir.dim
+        out.append((mul, ir.l, start, stop))
+        start = stop
+    return out
+
+
+def linear_instructions(irreps_in: str, irreps_out: str) -> list[tuple[int, int]]:
+    """e3nn ``Linear``'s default paths: every input block into every output block of its irrep."""
+    ins, outs = e3nn.Irreps(irreps_in), e3nn.Irreps(irreps_out)
+    return [
+        (i, o)
+        for i, (_, ir_i) in enumerate(ins)
+        for o, (_, ir_o) in enumerate(outs)
+        if ir_i == ir_o
+    ]
+
+
+def linear_numel(irreps_in: str, irreps_out: str) -> int:
+    """Number of weights of :class:`IrrepsLinear` (``Σ mul_in · mul_out`` over paths)."""
+    ins, outs = e3nn.Irreps(irreps_in), e3nn.Irreps(irreps_out)
+    return sum(ins[i].mul * outs[o].mul for i, o in linear_instructions(irreps_in, irreps_out))
+
+
+class IrrepsLinear(nn.Module):
+    """e3nn's equivariant linear map without bias, on flat features ``(..., dim_in)``.
+
+    Weights: one flat vector ``weight (Σ mul_in·mul_out,)`` (the paths' ``(mul_in, mul_out)``
+    matrices in e3nn's order), so the published tensors map one to one. Each output block is
+    ``Σ_paths x_in W / sqrt(Σ mul_in)``.
+    """
+
+    irreps_in: str
+    irreps_out: str
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        ins, outs = _blocks(self.irreps_in), _blocks(self.irreps_out)
+        paths = linear_instructions(self.irreps_in, self.irreps_out)
+        numel = linear_numel(self.irreps_in, self.irreps_out)
+        w = self.param("weight", nn.initializers.normal(1.0), (numel,), x.dtype)
+        fan_in = [sum(ins[i][0] for i, o2 in paths if o2 == o) for o in range(len(outs))]
+        acc: list[Any] = [None] * len(outs)
+        offset = 0
+        lead = x.shape[:-1]
+        for i, o in paths:
+            mul_in, l, a, b = ins[i]
+            mul_out = outs[o][0]
+            W = w[offset : offset + mul_in * mul_out].reshape(mul_in, mul_out)
+            offset += mul_in * mul_out
+            xi = x[..., a:b].reshape(*lead, mul_in, 2 * l + 1)
+            y = jnp.einsum("...ud,uw->...wd", xi, W) / math.sqrt(fan_in[o])
+            acc[o] = y if acc[o] is None else acc[o] + y
+        pieces = []
+        for o, (mul, l, _, _) in enumerate(outs):
+            y = acc[o] if acc[o] is not None else jnp.zeros((*lead, mul, 2 * l + 1), x.dtype)
+            pieces.append(y.reshape(*lead, mul * (2 * l + 1)))
+        return jnp.concatenate(pieces, axis=-1)
+
+
+def _act(name: str, x: Array) -> Array:
+    if name == "silu":
+        return jax.nn.silu(x)
+    if name == "tanh":
+        return jnp.tanh(x)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class RadialMLP(nn.Module):
+    """e3nn ``FullyConnectedNet``: ``h → act(h W / sqrt(h_in)) · scale``, last layer linear."""
+
+    hidden: tuple[int, ...]
+    out: int
+    act_scale: float
+
+    @nn.compact
+    def __call__(self, h: Array) -> Array:
+        sizes = (*self.hidden, self.out)
+        for k, width in enumerate(sizes):
+            W = self.param(f"layer{k}", nn.initializers.normal(1.0), (h.shape[-1], width), h.dtype)
+            h = h @ W / math.sqrt(h.shape[-1])
+            if k < len(sizes) - 1:
+                h = jax.nn.silu(h) * self.act_scale
+        return h
+
+
+class Convolution(nn.Module):
+    """The NequIP convolution of one block on a padded neighbor list of one crystal.
+
+    ``x (N, dim_x)`` node features; ``sh (N, K, dim_filter)`` spherical harmonics of the edges;
+    ``radial (N, K, num_basis)`` enveloped radial features (zero on dead edges); ``index (N, K)``
+    neighbor j of center i. Returns ``(N, dim_mid)``.
+    """
+
+    block: SevenNetBlock
+
+    @nn.compact
+    def __call__(self, x: Array, sh: Array, radial: Array, index: Array) -> Array:
+        blk = self.block
+        xb, fb, mb = _blocks(blk.irreps_x), _blocks(blk.irreps_filter), _blocks(blk.irreps_mid)
+        numel = sum(xb[i][0] for i, _, _ in blk.tp_paths)
+        w = RadialMLP(blk.radial_hidden, numel, blk.radial_act_scale, name="weight_nn")(radial)
+        denominator = self.param("denominator", nn.initializers.ones, (), x.dtype)
+        xj = x[index]  # (N, K, dim_x)
+        # "element" path normalisation: Σ mul_in2 over the paths into each output block
+        fan = [sum(fb[j][0] for _, j, o2 in blk.tp_paths if o2 == o) for o in range(len(mb))]
+        out: list[Any] = [None] * len(mb)
+        offset = 0
+        for i, j, o in blk.tp_paths:
+            mul, l1, a, b = xb[i]
+            _, l2, c, d = fb[j]
+            _, l3, _, _ = mb[o]
+            cg = jnp.asarray(e3nn.clebsch_gordan(l1, l2, l3), x.dtype)  # normalised Wigner 3j
+            norm = math.sqrt((2 * l3 + 1) / fan[o])
+            wu = w[..., offset : offset + mul]  # (N, K, mul)
+            offset += mul
+            x1 = xj[..., a:b].reshape(*xj.shape[:-1], mul, 2 * l1 + 1)
+            t = jnp.einsum("ijk,nej->neik", cg, sh[..., c:d])  # (N, K, 2l1+1, 2l3+1)
+            msg = jnp.einsum("neu,neui,neik->nuk", wu, x1, t) * norm
+            out[o] = msg if out[o] is None else out[o] + msg
+        n = x.shape[0]
+        pieces = [
+            (
+                out[o] if out[o] is not None else jnp.zeros((n, mul, 2 * l + 1), x.dtype)
+            ).reshape(n, -1)
+            for o, (mul, l, _, _) in enumerate(mb)
+        ]
+        return jnp.concatenate(pieces, axis=-1) / denominator
+
+
+def gate(x: Array, blk: SevenNetBlock) -> Array:
+    """e3nn ``Gate``: input ``[scalars | gates | gated]``, output ``[act(scalars) | act(gates)·gated]``."""
+    sb, gb, vb = _blocks(blk.gate_scalars), _blocks(blk.gate_gates), _blocks(blk.gate_gated)
+    n_s = sb[-1][3] if sb else 0
+    n_g = gb[-1][3] if gb else 0
+    pieces = []
+    for (_, _, a, b), act, scale in zip(sb, blk.scalar_acts, blk.scalar_act_scales, strict=True):
+        pieces.append(_act(act, x[..., a:b]) * scale)
+    if vb:
+        # gate scalar n multiplies the n-th gated irrep, counting copies across blocks
+        g = jnp.concatenate(
+            [
+                _act(act, x[..., n_s + a : n_s + b]) * scale
+                for (_, _, a, b), act, scale in zip(
+                    gb, blk.gate_acts, blk.gate_act_scales, strict=True
+                )
+            ],
+            axis=-1,
+        )
+        used = 0
+        for mul, l, a, b in vb:
+            v = x[..., n_s + n_g + a : n_s + n_g + b].reshape(*x.shape[:-1], mul, 2 * l + 1)
+            pieces.append((g[..., used : used + mul, None] * v).reshape(*x.shape[:-1], -1))
+            used += mul
+    return jnp.concatenate(pieces, axis=-1)
+
+
+class SevenNet(nn.Module):
+    """SevenNet's atomic energies for one crystal on a padded neighbor list.
+
+    Call with ``types (N,)`` int (species type index, any value on padding), ``mask (N,)`` bool,
+    ``vectors (N, K, 3)`` edge vectors i→j in Å, ``index (N, K)`` int, ``edge_mask (N, K)`` bool.
+    Returns atomic energies ``(N,)`` in eV (zero on padded atoms).
+    """
+
+    arch: SevenNetArch
+
+    @nn.compact
+    def __call__(
+        self, types: Array, mask: Array, vectors: Array, index: Array, edge_mask: Array
+    ) -> Array:
+        arch = self.arch
+        dtype = vectors.dtype
+        d2 = jnp.sum(vectors * vectors, axis=-1)
+        live = edge_mask & (d2 > 0) & (d2 < arch.cutoff**2)
+        safe = jnp.where(live[..., None], vectors, jnp.array([0.0, 0.0, 1.0], dtype))
+        r = jnp.sqrt(jnp.sum(safe * safe, axis=-1))
+        coeffs = self.param("bessel", lambda k: jnp.pi / arch.cutoff * jnp.arange(1, arch.num_basis + 1.0))
+        bessel = (2.0 / arch.cutoff) * jnp.sin(coeffs.astype(dtype) * r[..., None]) / r[..., None]
+        rc2, ron2, r2 = arch.cutoff**2, arch.cutoff_on**2, r * r
+        env = jnp.where(
+            r < arch.cutoff_on, 1.0, (rc2 - r2) ** 2 * (rc2 + 2 * r2 - 3 * ron2) / (rc2 - ron2) ** 3
+        )
+        radial = jnp.where(live[..., None], bessel * env[..., None], 0.0)
+        sh_irreps = e3nn.Irreps.spherical_harmonics(arch.lmax, p=1)
+        sh = e3nn.spherical_harmonics(sh_irreps, safe, normalize=True, normalization="component")
+        sh = jnp.where(live[..., None], sh.array, 0.0)
+
+        onehot = jax.nn.one_hot(types, arch.num_types, dtype=dtype)
+        x = IrrepsLinear(f"{arch.num_types}x0e", arch.irreps_embed, name="embedding")(onehot)
+        for k, blk in enumerate(arch.blocks):
+            sc = IrrepsLinear(blk.irreps_x, blk.irreps_sc, name=f"{k}_self_connection")(x)
+            x = IrrepsLinear(blk.irreps_x, blk.irreps_x, name=f"{k}_self_interaction_1")(x)
+            x = Convolution(blk, name=f"{k}_convolution")(x, sh, radial, index)
+            # the tensor product's consecutive blocks of one irrep are read as one (same memory)
+            mid = str(e3nn.Irreps(blk.irreps_mid).simplify())
+            x = IrrepsLinear(mid, blk.irreps_sc, name=f"{k}_self_interaction_2")(x)
+            x = gate(x + sc, blk)
+        h = IrrepsLinear(arch.blocks[-1].irreps_out, arch.irreps_readout_hidden, name="readout_1")(
+            x
+        )
+        e = IrrepsLinear(arch.irreps_readout_hidden, "1x0e", name="readout_2")(h)[..., 0]
+        scale = self.param("scale", nn.initializers.ones, (arch.num_types,), dtype)
+        shift = self.param("shift", nn.initializers.zeros, (arch.num_types,), dtype)
+        e = e * scale[types] + shift[types]
+        return jnp.where(mask, e, 0.0)
+
+
+# ---------------------------------------------------------------------- the Potential
+
+
+@functools.cache
+def _type_table(type_map: tuple[tuple[int, int], ...]) -> np.ndarray:
+    table = np.zeros(119, dtype=np.int32)
+    for z, t in type_map:
+        table[z] = t
+    return table
+
+
+def _energy(params: Any, crystal: Crystals, neighbors: Any, arch: SevenNetArch) -> Array:
+    dtype = crystal.frac.dtype
+    p = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
+    vec = edge_vectors_single(crystal, neighbors)
+    types = jnp.asarray(_type_table(arch.type_map))[jnp.clip(crystal.species, 0, 118)]
+    atomic = SevenNet(arch).apply(
+        {"params": p}, types, crystal.mask, vec, neighbors.index, neighbors.mask
+    )
+    return jnp.sum(atomic)
+
+
+def cache_dir() -> pathlib.Path:
+    """Where converted weights are cached: ``$JAXCSP_CACHE_DIR``, else ``$XDG_CACHE_HOME/jaxcsp``,
+    else ``~/.cache/jaxcsp``."""
+    env = os.environ.get("JAXCSP_CACHE_DIR")
+    if env:
+        return pathlib.Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = pathlib.Path(xdg) if xdg else pathlib.Path.home() / ".cache"
+    return base / "jaxcsp"
+
+
+def save_sevennet(path: str | os.PathLike, arch: SevenNetArch, params: Any) -> None:
+    """Write a converted model (architecture + float32 weights) as one msgpack file."""
+    import json
+
+    from flax import serialization
+
+    state = {
+        "format": "jaxcsp-sevennet-1",
+        "arch": json.dumps(arch.to_dict()),
+        "params": jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params),
+    }
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(serialization.msgpack_serialize(state))
+    tmp.replace(path)  # atomic: a killed conversion never leaves a half-written cache
+
+
+def load_sevennet(path: str | os.PathLike) -> tuple[SevenNetArch, Any]:
+    """Read a file written by :func:`save_sevennet`: ``(arch, params)`` (params float32 numpy).
+
+    Raises:
+      SevenNetCheckpointError: the file is missing, unreadable or not a converted SevenNet.
+    """
+    import json
+
+    from flax import serialization
+
+    path = pathlib.Path(path)
+    try:
+        state = serialization.msgpack_restore(path.read_bytes())
+        if state.get("format") != "jaxcsp-sevennet-1":
+            raise ValueError(f"unknown format {state.get('format')!r}")
+        arch = SevenNetArch.from_dict(json.loads(state["arch"]))
+        params = state["params"]
+    except FileNotFoundError:
+        raise SevenNetCheckpointError(f"{path}: no such converted SevenNet checkpoint") from None
+    except Exception as e:
+        raise SevenNetCheckpointError(f"{path}: not a converted SevenNet checkpoint ({e})") from e
+    return arch, params
+
+
+def _sevenn_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("sevenn")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cache_file(model: str, version: str) -> pathlib.Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model)
+    return cache_dir() / "sevennet" / f"{safe}-sevenn{version}.msgpack"
+
+
+@functools.cache
+def _load_cached(path: str) -> tuple[SevenNetArch, Any]:
+    return load_sevennet(path)
+
+
+def sevennet0(
+    model: str = "7net-0", *, checkpoint: str | os.PathLike | None = None, convert: bool = True
+) -> Potential:
+    """SevenNet-0 as a native JAX :class:`~jaxcsp.potentials.Potential` (cutoff 5 Å).
+
+    The first call converts the weights installed by the ``sevenn`` wheel (needs the ``mlip``
+    extra: torch and sevenn) and caches them in :func:`cache_dir`; later calls load the cache
+    without importing torch.
+
+    Args:
+      model: pretrained SevenNet name (``"7net-0"``); single-fidelity NequIP-type models only.
+      checkpoint: a file written by :func:`save_sevennet` to use instead of the cache.
+      convert: convert (and cache) when no cached file exists; ``False`` raises instead.
+
+    Returns:
+      A :class:`~jaxcsp.potentials.Potential` whose ``energy(crystal, neighbors)`` is the total
+      energy in eV; forces (eV/Å) and stress (eV/Å³) follow by autodiff in
+      :func:`jaxcsp.calculate` and the relaxers. ``species`` are the 89 covered elements.
+
+    Raises:
+      MissingExtraError: no cached conversion and ``sevenn``/``torch`` are not installed.
+      SevenNetCheckpointError: an unreadable checkpoint, or a model of another architecture.
+
+    >>> pot = sevennet0()  # doctest: +SKIP
+    >>> jc.calculate(pot, crystals).forces  # doctest: +SKIP
+    """
+    if checkpoint is not None:
+        arch, params = _load_cached(str(pathlib.Path(checkpoint).resolve()))
+    else:
+        version = _sevenn_version()
+        path = None
+        if version is not None:
+            path = _cache_file(model, version)
+        else:  # sevenn gone after conversion: any cached conversion of this model will do
+            found = sorted((cache_dir() / "sevennet").glob(f"{model}-sevenn*.msgpack"))
+            path = found[-1] if found else None
+        if path is None or not path.exists():
+            if not convert:
+                raise SevenNetCheckpointError(
+                    f"no converted {model!r} in {cache_dir() / 'sevennet'}; call "
+                    "sevennet0(convert=True) once with the 'mlip' extra installed"
+                )
+            from jaxcsp.potentials._sevennet_convert import convert_sevennet
+
+            arch, params = convert_sevennet(model)
+            if path is None:  # pragma: no cover - convert_sevennet needs sevenn
+                path = _cache_file(model, _sevenn_version() or "unknown")
+            save_sevennet(path, arch, params)
+            _load_cached.cache_clear()
+        arch, params = _load_cached(str(path))
+    return Potential(
+        energy_fn=_energy,
+        params=jax.tree_util.tree_map(jnp.asarray, params),
+        cutoff=float(arch.cutoff),
+        species=arch.species,
+        options=arch,
+        name=f"sevennet0({arch.name})",
+    )
+
+
+def init_params(arch: SevenNetArch, key: Array, *, dtype: Any = jnp.float32) -> Any:
+    """Randomly initialised parameters of ``arch`` (e3nn's N(0, 1) weights), e.g. for training."""
+    n = 2
+    types = jnp.zeros((n,), jnp.int32)
+    vec = jnp.ones((n, 1, 3), dtype)
+    index = jnp.zeros((n, 1), jnp.int32)
+    return SevenNet(arch).init(key, types, jnp.ones((n,), bool), vec, index, jnp.ones((n, 1), bool))[
+        "params"
+    ]
+
+
+def block_irreps(blocks: Sequence[SevenNetBlock]) -> list[str]:
+    """Node irreps after each block (for display)."""
+    return [b.irreps_out for b in blocks]
