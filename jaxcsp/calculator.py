@@ -96,6 +96,23 @@ def _efs_single(potential: Potential, crystal: Crystals, neighbors: Any) -> tupl
     return energy, forces, stress
 
 
+def _efs_batch(potential: Potential, crystals: Crystals, neighbors: Any) -> tuple:
+    """As ``vmap(_efs_single)`` through the potential's batched energy (one graph per batch)."""
+    u0 = jnp.zeros(crystals.frac.shape, crystals.frac.dtype)
+    e0 = jnp.zeros(crystals.lattice.shape, crystals.lattice.dtype)
+
+    def fn(u, eps):
+        deformed = jax.vmap(_deformed)(crystals, u, eps)
+        e = potential.energies(deformed, neighbors)
+        return jnp.sum(e), e
+
+    (_, energy), (du, deps) = jax.value_and_grad(fn, argnums=(0, 1), has_aux=True)(u0, e0)
+    volume = jnp.abs(jnp.linalg.det(crystals.lattice))
+    forces = jnp.where(crystals.mask[..., None], -du, jnp.zeros_like(du))
+    stress = 0.5 * (deps + jnp.swapaxes(deps, -1, -2)) / volume[:, None, None]
+    return energy, forces, stress
+
+
 def calculate_with_neighbors(
     potential: Potential, crystals: Crystals, neighbors: Any = None
 ) -> Results:
@@ -113,6 +130,8 @@ def calculate_with_neighbors(
       :class:`Results` (energy ``(B,)`` eV, forces ``(B, N, 3)`` eV/Å, stress ``(B, 3, 3)``
       eV/Å³).
     """
+    if potential.batch_energy_fn is not None:
+        return Results(*_efs_batch(potential, crystals, neighbors))
     if neighbors is None:
         e, f, s = jax.vmap(lambda c: _efs_single(potential, c, None))(crystals)
     else:
@@ -131,9 +150,7 @@ def energies(potential: Potential, crystals: Crystals, neighbors: Any = None) ->
     Returns:
       ``(B,)`` energies in eV.
     """
-    if neighbors is None:
-        return jax.vmap(lambda c: potential.energy(c, None))(crystals)
-    return jax.vmap(potential.energy)(crystals, neighbors)
+    return potential.energies(crystals, neighbors)
 
 
 _calculate_jit = jax.jit(calculate_with_neighbors)

@@ -170,11 +170,11 @@ def _objective(potential, spec, cell_filter: str | None) -> Callable:
         c = crystals_from_dofs(x, data, cell_filter)
         if spec is None:
             nl, overflow = None, jnp.zeros(x.shape[0], bool)
-            e = jax.vmap(lambda cc: potential.energy(cc, None))(c)
+            e = potential.energies(c, None)
         else:
             nl = nb.update(spec, jax.lax.stop_gradient(c))
             overflow = nl.overflow
-            e = jax.vmap(potential.energy)(c, nl)
+            e = potential.energies(c, nl)
         if cell_filter not in (None, "wyckoff_fixed_cell"):
             e = e + data.pressure * jnp.abs(jnp.linalg.det(c.lattice))
         return jnp.sum(e), (e, overflow)

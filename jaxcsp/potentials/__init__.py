@@ -4,6 +4,8 @@
 * Pair potentials: :func:`lennard_jones`, :func:`morse`, :func:`buckingham` (+ DSF Coulomb;
   :func:`buckingham_nacl`, Tosi–Fumi NaCl).
 * Many-body: :func:`stillinger_weber` (Si defaults), :func:`tersoff` (LAMMPS parameter files).
+* :func:`sevennet0` — the pretrained universal potential SevenNet-0 evaluated natively in JAX
+  (Flax + e3nn-jax; weights converted once from the ``sevenn`` wheel, then cached).
 * :mod:`jaxcsp.potentials.external` — pretrained MLIPs (SevenNet-0, CHGNet) bridged into JAX
   (optional extra ``mlip``); :func:`host_potential` — the same bridge for any batched host model;
   :mod:`jaxcsp.potentials.ase_calculator` — ASE adapters in both directions.
@@ -27,11 +29,13 @@ from jaxcsp.potentials._pair import (
     lennard_jones,
     morse,
 )
+from jaxcsp.potentials._sevennet import SevenNetCheckpointError, sevennet0
 
 __all__ = [
     "COULOMB_CONSTANT",
     "ParameterFileError",
     "Potential",
+    "SevenNetCheckpointError",
     "buckingham",
     "buckingham_nacl",
     "check_elements",
@@ -40,6 +44,7 @@ __all__ = [
     "lennard_jones",
     "morse",
     "read_tersoff_file",
+    "sevennet0",
     "stillinger_weber",
     "tersoff",
     "tersoff_carbon",

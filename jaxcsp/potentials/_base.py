@@ -82,6 +82,10 @@ class Potential:
       species: static tuple of supported atomic numbers, or ``None`` for any element.
       options: static, hashable configuration passed to ``energy_fn`` (e.g. the cutoff mode).
       name: static human-readable name used in error messages.
+      batch_energy_fn: optional static callable ``batch_energy_fn(params, crystals, neighbors,
+        options)`` returning the ``(B,)`` energies of a batch at once, equal to
+        ``vmap(energy_fn)`` up to floating-point summation order (a model may process the batch
+        as one graph, e.g. to skip padded neighbor slots). Used by :meth:`energies`.
     """
 
     energy_fn: EnergyFn = dataclasses.field(metadata=dict(static=True))
@@ -90,6 +94,7 @@ class Potential:
     species: tuple[int, ...] | None = dataclasses.field(default=None, metadata=dict(static=True))
     options: Any = dataclasses.field(default=None, metadata=dict(static=True))
     name: str = dataclasses.field(default="potential", metadata=dict(static=True))
+    batch_energy_fn: Any = dataclasses.field(default=None, metadata=dict(static=True))
 
     def energy(self, crystal: Crystals, neighbors: Any = None) -> Array:
         """Energy of ONE crystal in eV, ``()`` (float dtype of the crystal, ≥ float32).
@@ -102,6 +107,16 @@ class Potential:
             ``None``.
         """
         return self.energy_fn(self.params, crystal, neighbors, self.options)
+
+    def energies(self, crystals: Crystals, neighbors: Any = None) -> Array:
+        """Energies of a BATCH in eV, ``(B,)``: ``batch_energy_fn`` when given, else
+        ``vmap(energy)``. ``neighbors`` is the batch's list (``None`` if ``cutoff`` is ``None``).
+        """
+        if self.batch_energy_fn is not None:
+            return self.batch_energy_fn(self.params, crystals, neighbors, self.options)
+        if neighbors is None:
+            return jax.vmap(lambda c: self.energy(c, None))(crystals)
+        return jax.vmap(self.energy)(crystals, neighbors)
 
     def replace(self, **changes: Any) -> Potential:
         """Copy with some fields replaced (e.g. new ``params`` during training)."""

@@ -278,70 +278,107 @@ def _act(name: str, x: Array) -> Array:
     raise ValueError(f"unknown activation {name!r}")
 
 
-class RadialMLP(nn.Module):
+def radial_mlp(weights: Sequence[Array], act_scale: float, h: Array) -> Array:
     """e3nn ``FullyConnectedNet``: ``h → act(h W / sqrt(h_in)) · scale``, last layer linear."""
+    for k, W in enumerate(weights):
+        h = h @ W / math.sqrt(W.shape[0])
+        if k < len(weights) - 1:
+            h = jax.nn.silu(h) * act_scale
+    return h
 
-    hidden: tuple[int, ...]
-    out: int
-    act_scale: float
 
-    @nn.compact
-    def __call__(self, h: Array) -> Array:
-        sizes = (*self.hidden, self.out)
-        for k, width in enumerate(sizes):
-            W = self.param(f"layer{k}", nn.initializers.normal(1.0), (h.shape[-1], width), h.dtype)
-            h = h @ W / math.sqrt(h.shape[-1])
-            if k < len(sizes) - 1:
-                h = jax.nn.silu(h) * self.act_scale
-        return h
+def tp_messages(blk: SevenNetBlock, w: Array, xj: Array, sh: Array) -> Array:
+    """'uvu' tensor product of neighbor features and edge harmonics, one row per edge.
+
+    ``w (E, Σ mul)`` per-edge path weights, ``xj (E, dim_x)``, ``sh (E, dim_filter)``;
+    returns ``(E, dim_mid)``. Path into an irrep of dimension ``2l+1``: ``sqrt((2l+1)/fan)``
+    times e3nn's normalised Wigner 3j, ``fan`` = Σ mul_in2 over the paths into that block.
+    """
+    xb, fb, mb = _blocks(blk.irreps_x), _blocks(blk.irreps_filter), _blocks(blk.irreps_mid)
+    fan = [sum(fb[j][0] for _, j, o2 in blk.tp_paths if o2 == o) for o in range(len(mb))]
+    e = xj.shape[0]
+    out: list[Any] = [None] * len(mb)
+    offset = 0
+    for i, j, o in blk.tp_paths:
+        mul, l1, a, b = xb[i]
+        _, l2, c, d = fb[j]
+        l3 = mb[o][1]
+        cg = jnp.asarray(e3nn.clebsch_gordan(l1, l2, l3), xj.dtype)
+        norm = math.sqrt((2 * l3 + 1) / fan[o])
+        wu = w[:, offset : offset + mul] * norm
+        offset += mul
+        x1 = xj[:, a:b].reshape(e, mul, 2 * l1 + 1)
+        t = jnp.einsum("ijk,ej->eik", cg, sh[:, c:d])  # (E, 2l1+1, 2l3+1)
+        msg = wu[:, :, None] * jnp.einsum("eui,eik->euk", x1, t)
+        out[o] = msg if out[o] is None else out[o] + msg
+    pieces = [
+        (out[o] if out[o] is not None else jnp.zeros((e, mul, 2 * l + 1), xj.dtype)).reshape(e, -1)
+        for o, (mul, l, _, _) in enumerate(mb)
+    ]
+    return jnp.concatenate(pieces, axis=-1)
 
 
 class Convolution(nn.Module):
-    """The NequIP convolution of one block on a padded neighbor list of one crystal.
+    """The NequIP convolution of one block on a flat, chunked edge list.
 
-    ``x (N, dim_x)`` node features; ``sh (N, K, dim_filter)`` spherical harmonics of the edges;
-    ``radial (N, K, num_basis)`` enveloped radial features (zero on dead edges); ``index (N, K)``
-    neighbor j of center i. Returns ``(N, dim_mid)``.
+    ``x (M, dim_x)`` node features; per edge slot (``S = chunks × chunk``, live slots first):
+    ``sh (S, dim_filter)``, enveloped radial features ``radial (S, num_basis)``, ``center (S,)``
+    and ``neighbor (S,)`` node indices, ``live (S,)`` bool; ``n_live`` the number of live slots.
+    Returns ``x_i = (1/d) Σ_j TP(x_j, Y(r̂_ij); W(|r_ij|))``, ``(M, dim_mid)``.
+
+    The per-edge work (the radial MLP dominates it) runs chunk by chunk under
+    :func:`jax.lax.cond`, so chunks past ``n_live`` cost nothing when the batch is processed as
+    one graph, and under :func:`jax.checkpoint`, so reverse mode stores only each chunk's inputs.
     """
 
     block: SevenNetBlock
+    chunk: int
 
     @nn.compact
-    def __call__(self, x: Array, sh: Array, radial: Array, index: Array) -> Array:
+    def __call__(self, x, sh, radial, center, neighbor, live, n_live):
         blk = self.block
-        xb, fb, mb = _blocks(blk.irreps_x), _blocks(blk.irreps_filter), _blocks(blk.irreps_mid)
+        xb = _blocks(blk.irreps_x)
         numel = sum(xb[i][0] for i, _, _ in blk.tp_paths)
-        w = RadialMLP(blk.radial_hidden, numel, blk.radial_act_scale, name="weight_nn")(radial)
+        sizes = (radial.shape[-1], *blk.radial_hidden, numel)
+
+        def init_mlp(key):
+            keys = jax.random.split(key, len(sizes) - 1)
+            return {
+                f"layer{k}": jax.random.normal(keys[k], (sizes[k], sizes[k + 1]), x.dtype)
+                for k in range(len(sizes) - 1)
+            }
+
+        mlp = self.param("weight_nn", init_mlp)
+        ws = [mlp[f"layer{k}"] for k in range(len(sizes) - 1)]
         denominator = self.param("denominator", nn.initializers.ones, (), x.dtype)
-        xj = x[index]  # (N, K, dim_x)
-        # "element" path normalisation: Σ mul_in2 over the paths into each output block
-        fan = [sum(fb[j][0] for _, j, o2 in blk.tp_paths if o2 == o) for o in range(len(mb))]
-        out: list[Any] = [None] * len(mb)
-        offset = 0
-        for i, j, o in blk.tp_paths:
-            mul, l1, a, b = xb[i]
-            _, l2, c, d = fb[j]
-            _, l3, _, _ = mb[o]
-            cg = jnp.asarray(e3nn.clebsch_gordan(l1, l2, l3), x.dtype)  # normalised Wigner 3j
-            norm = math.sqrt((2 * l3 + 1) / fan[o])
-            wu = w[..., offset : offset + mul]  # (N, K, mul)
-            offset += mul
-            x1 = xj[..., a:b].reshape(*xj.shape[:-1], mul, 2 * l1 + 1)
-            t = jnp.einsum("ijk,nej->neik", cg, sh[..., c:d])  # (N, K, 2l1+1, 2l3+1)
-            msg = jnp.einsum("neu,neui,neik->nuk", wu, x1, t) * norm
-            out[o] = msg if out[o] is None else out[o] + msg
-        n = x.shape[0]
-        pieces = [
-            (
-                out[o] if out[o] is not None else jnp.zeros((n, mul, 2 * l + 1), x.dtype)
-            ).reshape(n, -1)
-            for o, (mul, l, _, _) in enumerate(mb)
-        ]
-        return jnp.concatenate(pieces, axis=-1) / denominator
+        dim_mid = e3nn.Irreps(blk.irreps_mid).dim
+        c = self.chunk
+        n_chunks = sh.shape[0] // c
+
+        @jax.checkpoint
+        def messages(args):
+            _, nbr, shc, radc, livec = args
+            w = radial_mlp(ws, blk.radial_act_scale, radc) * livec[:, None]
+            return tp_messages(blk, w, x[nbr], shc)
+
+        def skip(args):
+            return jnp.zeros((c, dim_mid), x.dtype)
+
+        def body(acc, inp):
+            k, args = inp
+            msg = jax.lax.cond(k * c < n_live, messages, skip, args)
+            return acc.at[args[0]].add(msg), None
+
+        chunked = jax.tree_util.tree_map(
+            lambda a: a.reshape(n_chunks, c, *a.shape[1:]), (center, neighbor, sh, radial, live)
+        )
+        acc0 = jnp.zeros((x.shape[0], dim_mid), x.dtype)
+        acc, _ = jax.lax.scan(body, acc0, (jnp.arange(n_chunks), chunked))
+        return acc / denominator
 
 
 def gate(x: Array, blk: SevenNetBlock) -> Array:
-    """e3nn ``Gate``: input ``[scalars | gates | gated]``, output ``[act(scalars) | act(gates)·gated]``."""
+    """e3nn ``Gate``: ``[scalars | gates | gated]`` → ``[act(scalars) | act(gates)·gated]``."""
     sb, gb, vb = _blocks(blk.gate_scalars), _blocks(blk.gate_gates), _blocks(blk.gate_gated)
     n_s = sb[-1][3] if sb else 0
     n_g = gb[-1][3] if gb else 0
@@ -368,14 +405,20 @@ def gate(x: Array, blk: SevenNetBlock) -> Array:
 
 
 class SevenNet(nn.Module):
-    """SevenNet's atomic energies for one crystal on a padded neighbor list.
+    """SevenNet's atomic energies on a padded neighbor list (one crystal or a whole batch).
 
-    Call with ``types (N,)`` int (species type index, any value on padding), ``mask (N,)`` bool,
-    ``vectors (N, K, 3)`` edge vectors i→j in Å, ``index (N, K)`` int, ``edge_mask (N, K)`` bool.
-    Returns atomic energies ``(N,)`` in eV (zero on padded atoms).
+    Call with ``types (M,)`` int species type index (any value on padding), ``mask (M,)`` bool,
+    ``vectors (M, K, 3)`` edge vectors i→j in Å, ``index (M, K)`` int node index of neighbor j,
+    ``edge_mask (M, K)`` bool. ``M`` nodes may be one crystal's atoms or a flattened batch (with
+    ``index`` offset per crystal). Returns atomic energies ``(M,)`` in eV (zero on padding).
+
+    Attributes:
+      arch: the static architecture.
+      chunk: edge slots per chunk of the convolutions (see :class:`Convolution`).
     """
 
     arch: SevenNetArch
+    chunk: int = 512
 
     @nn.compact
     def __call__(
@@ -383,30 +426,46 @@ class SevenNet(nn.Module):
     ) -> Array:
         arch = self.arch
         dtype = vectors.dtype
-        d2 = jnp.sum(vectors * vectors, axis=-1)
-        live = edge_mask & (d2 > 0) & (d2 < arch.cutoff**2)
-        safe = jnp.where(live[..., None], vectors, jnp.array([0.0, 0.0, 1.0], dtype))
+        m, k = index.shape
+        # flat edge slots, live ones first (stable), padded to whole chunks
+        vec = vectors.reshape(m * k, 3)
+        d2 = jnp.sum(vec * vec, axis=-1)
+        live = edge_mask.reshape(-1) & (d2 > 0) & (d2 < arch.cutoff**2)
+        order = jnp.argsort(~live, stable=True)
+        chunk = min(self.chunk, m * k)
+        n_slots = -(-(m * k) // chunk) * chunk
+        order = jnp.concatenate([order, jnp.zeros((n_slots - m * k,), order.dtype)])
+        live = jnp.concatenate([live[order[: m * k]], jnp.zeros((n_slots - m * k,), bool)])
+        n_live = jnp.sum(live)
+        vec = vec[order]
+        center = order // k
+        neighbor = jnp.clip(index.reshape(-1)[order], 0, m - 1)
+
+        safe = jnp.where(live[:, None], vec, jnp.array([0.0, 0.0, 1.0], dtype))
         r = jnp.sqrt(jnp.sum(safe * safe, axis=-1))
-        coeffs = self.param("bessel", lambda k: jnp.pi / arch.cutoff * jnp.arange(1, arch.num_basis + 1.0))
-        bessel = (2.0 / arch.cutoff) * jnp.sin(coeffs.astype(dtype) * r[..., None]) / r[..., None]
+        n_basis = arch.num_basis
+        coeffs = self.param("bessel", lambda k: jnp.pi / arch.cutoff * jnp.arange(1, n_basis + 1.0))
+        bessel = (2.0 / arch.cutoff) * jnp.sin(coeffs.astype(dtype) * r[:, None]) / r[:, None]
         rc2, ron2, r2 = arch.cutoff**2, arch.cutoff_on**2, r * r
         env = jnp.where(
             r < arch.cutoff_on, 1.0, (rc2 - r2) ** 2 * (rc2 + 2 * r2 - 3 * ron2) / (rc2 - ron2) ** 3
         )
-        radial = jnp.where(live[..., None], bessel * env[..., None], 0.0)
+        radial = jnp.where(live[:, None], bessel * env[:, None], 0.0)
         sh_irreps = e3nn.Irreps.spherical_harmonics(arch.lmax, p=1)
         sh = e3nn.spherical_harmonics(sh_irreps, safe, normalize=True, normalization="component")
-        sh = jnp.where(live[..., None], sh.array, 0.0)
+        sh = jnp.where(live[:, None], sh.array, 0.0)
 
         onehot = jax.nn.one_hot(types, arch.num_types, dtype=dtype)
         x = IrrepsLinear(f"{arch.num_types}x0e", arch.irreps_embed, name="embedding")(onehot)
-        for k, blk in enumerate(arch.blocks):
-            sc = IrrepsLinear(blk.irreps_x, blk.irreps_sc, name=f"{k}_self_connection")(x)
-            x = IrrepsLinear(blk.irreps_x, blk.irreps_x, name=f"{k}_self_interaction_1")(x)
-            x = Convolution(blk, name=f"{k}_convolution")(x, sh, radial, index)
+        for b, blk in enumerate(arch.blocks):
+            sc = IrrepsLinear(blk.irreps_x, blk.irreps_sc, name=f"{b}_self_connection")(x)
+            x = IrrepsLinear(blk.irreps_x, blk.irreps_x, name=f"{b}_self_interaction_1")(x)
+            x = Convolution(blk, chunk, name=f"{b}_convolution")(
+                x, sh, radial, center, neighbor, live, n_live
+            )
             # the tensor product's consecutive blocks of one irrep are read as one (same memory)
             mid = str(e3nn.Irreps(blk.irreps_mid).simplify())
-            x = IrrepsLinear(mid, blk.irreps_sc, name=f"{k}_self_interaction_2")(x)
+            x = IrrepsLinear(mid, blk.irreps_sc, name=f"{b}_self_interaction_2")(x)
             x = gate(x + sc, blk)
         h = IrrepsLinear(arch.blocks[-1].irreps_out, arch.irreps_readout_hidden, name="readout_1")(
             x
@@ -429,15 +488,39 @@ def _type_table(type_map: tuple[tuple[int, int], ...]) -> np.ndarray:
     return table
 
 
+def _cast(params: Any, dtype: Any) -> Any:
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
+
+
 def _energy(params: Any, crystal: Crystals, neighbors: Any, arch: SevenNetArch) -> Array:
+    """Energy (eV) of ONE crystal."""
     dtype = crystal.frac.dtype
-    p = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
     vec = edge_vectors_single(crystal, neighbors)
     types = jnp.asarray(_type_table(arch.type_map))[jnp.clip(crystal.species, 0, 118)]
     atomic = SevenNet(arch).apply(
-        {"params": p}, types, crystal.mask, vec, neighbors.index, neighbors.mask
+        {"params": _cast(params, dtype)}, types, crystal.mask, vec, neighbors.index, neighbors.mask
     )
     return jnp.sum(atomic)
+
+
+def _energies(params: Any, crystals: Crystals, neighbors: Any, arch: SevenNetArch) -> Array:
+    """Energies ``(B,)`` eV of a batch, processed as one graph (chunks of dead edge slots skip
+    the convolutions' per-edge work). Equal to ``vmap(_energy)`` up to summation order."""
+    dtype = crystals.frac.dtype
+    b, n = crystals.species.shape
+    vec = jax.vmap(edge_vectors_single)(crystals, neighbors)  # (B, N, K, 3)
+    offset = (jnp.arange(b, dtype=neighbors.index.dtype) * n)[:, None, None]
+    index = (neighbors.index + offset).reshape(b * n, -1)
+    types = jnp.asarray(_type_table(arch.type_map))[jnp.clip(crystals.species, 0, 118)]
+    atomic = SevenNet(arch).apply(
+        {"params": _cast(params, dtype)},
+        types.reshape(-1),
+        crystals.mask.reshape(-1),
+        vec.reshape(b * n, -1, 3),
+        index,
+        neighbors.mask.reshape(b * n, -1),
+    )
+    return jnp.sum(atomic.reshape(b, n), axis=1)
 
 
 def cache_dir() -> pathlib.Path:
@@ -564,6 +647,7 @@ def sevennet0(
         arch, params = _load_cached(str(path))
     return Potential(
         energy_fn=_energy,
+        batch_energy_fn=_energies,
         params=jax.tree_util.tree_map(jnp.asarray, params),
         cutoff=float(arch.cutoff),
         species=arch.species,
@@ -578,9 +662,9 @@ def init_params(arch: SevenNetArch, key: Array, *, dtype: Any = jnp.float32) -> 
     types = jnp.zeros((n,), jnp.int32)
     vec = jnp.ones((n, 1, 3), dtype)
     index = jnp.zeros((n, 1), jnp.int32)
-    return SevenNet(arch).init(key, types, jnp.ones((n,), bool), vec, index, jnp.ones((n, 1), bool))[
-        "params"
-    ]
+    return SevenNet(arch).init(
+        key, types, jnp.ones((n,), bool), vec, index, jnp.ones((n, 1), bool)
+    )["params"]
 
 
 def block_irreps(blocks: Sequence[SevenNetBlock]) -> list[str]:

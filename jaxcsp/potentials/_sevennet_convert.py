@@ -72,7 +72,9 @@ def _linear(model: str, where: str, lin: Any) -> tuple[str, str, np.ndarray]:
         raise _fail(model, f"{where}: biased linear layers are not supported")
     w = _np(lin.weight)
     if w.size != linear_numel(irreps_in, irreps_out):
-        raise _fail(model, f"{where}: {w.size} weights, expected {linear_numel(irreps_in, irreps_out)}")
+        raise _fail(
+            model, f"{where}: {w.size} weights, expected {linear_numel(irreps_in, irreps_out)}"
+        )
     return irreps_in, irreps_out, w
 
 
@@ -100,8 +102,10 @@ def convert_sevennet(model: str = "7net-0") -> tuple[SevenNetArch, dict]:
     cfg = cp.config
     if cfg.get("interaction_type", "nequip") != "nequip":
         raise _fail(model, f"interaction type {cfg.get('interaction_type')!r} is not supported")
-    if cfg.get("use_modal_node_embedding") or cfg.get("use_modal_wise_shift") or cfg.get(
-        "use_modality"
+    if (
+        cfg.get("use_modal_node_embedding")
+        or cfg.get("use_modal_wise_shift")
+        or cfg.get("use_modality")
     ):
         raise _fail(model, "multi-fidelity (modal) models are not supported")
     if cfg.get("self_connection_type", "linear") != "linear":
