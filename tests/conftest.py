@@ -81,6 +81,7 @@ _SPREAD = {"test_optimize_relax.py"}
 #: the longest units first, so that the two workers finish together
 _FIRST = [
     "test_optimize_relax.py",
+    "test_docs.py",
     "test_edge_list.py",
     "test_symmetry_generate.py",
     "test_design.py",

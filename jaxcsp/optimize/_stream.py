@@ -271,11 +271,12 @@ def relax_stream(
       :class:`StreamSummary`.
 
     Raises:
-      StructureFileError: unreadable source or unusable database path. InvalidArgumentError:
-      a numeric argument out of range (``fmax``, ``max_steps``, ``pressure``, ``max_atoms``,
-      ``refill_every``). InvalidStructureError: an input holds an element the potential does
-      not cover (``index`` = its input id). JaxcspError: bad arguments, or a database that
-      holds rows of a different source.
+      StructureFileError: unreadable source or unusable database path.
+      InvalidArgumentError: a numeric argument out of range (``fmax``, ``max_steps``,
+        ``pressure``, ``max_atoms``, ``refill_every``).
+      InvalidStructureError: an input holds an element the potential does not cover
+        (``index`` = its input id).
+      JaxcspError: bad arguments, or a database that holds rows of a different source.
     """
     from jaxcsp.io import connect_db
 
