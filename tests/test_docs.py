@@ -64,6 +64,7 @@ def test_every_capability_page_exists_with_examples():
         assert ">>>" in examples(page), f"{name} has no runnable example"
 
 
+@pytest.mark.slow  # compiles a program per example (~90 s): run in CI's docs step
 @pytest.mark.parametrize(
     "page", [p for p in PAGES if ">>>" in examples(p)], ids=lambda p: str(p.relative_to(DOCS))
 )

@@ -302,14 +302,30 @@ def test_later_runs_need_no_torch_and_missing_sevenn_is_one_line(pot, cache, tmp
     assert len(lines) == 2 and "sevenn" in lines[1] and "pip install" in lines[1]
 
 
-def test_flax_module_initialises_and_is_differentiable_in_its_weights(pot):
-    params = sn.init_params(pot.options, jax.random.key(0))
-    rand = pot.replace(params=params)
+def _param_gradient(pot, keys):
     c = jc.io.from_ase([bulk("Si", "diamond", a=5.43)])
-    e = jc.calculate(rand, c).energy
-    assert np.isfinite(np.asarray(e)).all()
-    shapes_ok = jax.tree_util.tree_map(lambda a, b: a.shape == b.shape, params, pot.params)
-    assert all(jax.tree_util.tree_leaves(shapes_ok))
     nl = jc.calculator.build_neighbors(pot, c)
-    g = jax.grad(lambda p: jc.calculator.energies(pot.replace(params=p), c, nl).sum())(pot.params)
-    assert float(jnp.abs(g["shift"]).sum()) == pytest.approx(2.0)  # dE/dshift_Si = 2 atoms
+
+    def loss(sub):
+        return jc.calculator.energies(pot.replace(params={**pot.params, **sub}), c, nl).sum()
+
+    return jax.jit(jax.grad(loss))({k: pot.params[k] for k in keys})
+
+
+def test_flax_module_initialises_and_its_energy_is_differentiable_in_the_readout(pot):
+    shapes = jax.eval_shape(lambda k: sn.init_params(pot.options, k), jax.random.key(0))
+    same = jax.tree_util.tree_map(lambda a, b: a.shape == b.shape, shapes, pot.params)
+    assert all(jax.tree_util.tree_leaves(same))  # the converted tree is the module's own
+    g = _param_gradient(pot, ["shift", "scale"])
+    si = dict(pot.options.type_map)[14]
+    assert float(g["shift"][si]) == pytest.approx(2.0)  # dE/dshift_Si = number of Si atoms
+    assert float(jnp.abs(g["shift"]).sum()) == pytest.approx(2.0)
+    assert float(jnp.abs(g["scale"]).sum()) > 0
+
+
+def test_energy_is_differentiable_in_every_weight(pot):
+    g = _param_gradient(pot, list(pot.params))
+    leaves = jax.tree_util.tree_leaves(g)
+    assert all(np.isfinite(np.asarray(x)).all() for x in leaves)
+    assert float(jnp.abs(g["0_convolution"]["weight_nn"]["layer2"]).max()) > 0
+    assert float(jnp.abs(g["bessel"]).max()) > 0

@@ -29,7 +29,6 @@ from jaxcsp.potentials._pair import (
     lennard_jones,
     morse,
 )
-from jaxcsp.potentials._sevennet import SevenNetCheckpointError, sevennet0
 
 __all__ = [
     "COULOMB_CONSTANT",
@@ -49,3 +48,16 @@ __all__ = [
     "tersoff",
     "tersoff_carbon",
 ]
+
+#: names served by :func:`__getattr__` from modules that are imported on first use (the native
+#: SevenNet-0 pulls in e3nn-jax, about 1.5 s of imports that most programs never need)
+_LAZY = {"sevennet0": "_sevennet", "SevenNetCheckpointError": "_sevennet"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f"jaxcsp.potentials.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'jaxcsp.potentials' has no attribute {name!r}")

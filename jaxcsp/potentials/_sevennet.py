@@ -41,7 +41,6 @@ constants e3nn estimated, stored with the weights).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
@@ -56,182 +55,31 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcsp.crystal import Crystals
-from jaxcsp.errors import JaxcspError
 from jaxcsp.potentials._base import Potential, edge_vectors_single
+from jaxcsp.potentials._sevennet_arch import (
+    SevenNetArch,
+    SevenNetBlock,
+    SevenNetCheckpointError,
+    blocks,
+    linear_instructions,
+    linear_numel,
+)
 
 __all__ = [
+    "Convolution",
     "IrrepsLinear",
     "SevenNet",
     "SevenNetArch",
     "SevenNetBlock",
     "SevenNetCheckpointError",
     "cache_dir",
+    "init_params",
     "load_sevennet",
     "save_sevennet",
     "sevennet0",
 ]
 
 Array = jax.Array
-
-
-class SevenNetCheckpointError(JaxcspError, ValueError):
-    """A converted SevenNet checkpoint is missing, unreadable or of another architecture."""
-
-
-# ---------------------------------------------------------------------- static architecture
-
-
-@dataclasses.dataclass(frozen=True)
-class SevenNetBlock:
-    """Static description of one interaction block (irreps as e3nn strings, unsimplified).
-
-    Attributes:
-      irreps_x: node features entering the block.
-      irreps_sc: output of the self-connection linear map (= the block's pre-gate irreps).
-      irreps_filter: edge spherical harmonics (``1x0e+1x1e+1x2e`` for lmax 2, no parity).
-      irreps_mid: output of the tensor product (one entry per path, sorted by irrep).
-      tp_paths: ``(i_in1, i_in2, i_out)`` of each 'uvu' path, in weight order.
-      radial_hidden: hidden widths of the radial MLP (``(64, 64)``).
-      radial_act_scale: normalisation constant of the radial MLP's SiLU.
-      gate_scalars: scalar channels kept by the gate (``"128x0e"``).
-      gate_gates: gate channels (one scalar per gated multiplicity).
-      gate_gated: gated channels (``l > 0``).
-      scalar_act_scales: normalisation constant of the activation of each scalar block.
-      gate_act_scales: normalisation constant of the activation of each gate block.
-      scalar_acts: activation names of the scalar blocks (``"silu"`` or ``"tanh"``).
-      gate_acts: activation names of the gate blocks.
-    """
-
-    irreps_x: str
-    irreps_sc: str
-    irreps_filter: str
-    irreps_mid: str
-    tp_paths: tuple[tuple[int, int, int], ...]
-    radial_hidden: tuple[int, ...]
-    radial_act_scale: float
-    gate_scalars: str
-    gate_gates: str
-    gate_gated: str
-    scalar_acts: tuple[str, ...]
-    scalar_act_scales: tuple[float, ...]
-    gate_acts: tuple[str, ...]
-    gate_act_scales: tuple[float, ...]
-
-    @property
-    def irreps_out(self) -> str:
-        """Node features leaving the block (the gate's output)."""
-        return str(e3nn.Irreps(self.gate_scalars) + e3nn.Irreps(self.gate_gated))
-
-
-@dataclasses.dataclass(frozen=True)
-class SevenNetArch:
-    """Static, hashable description of a SevenNet model (everything but the weights).
-
-    Attributes:
-      name: model name (``"7net-0"``).
-      cutoff: edge cutoff ``r_c`` in Å (5.0).
-      cutoff_on: start of the XPLOR envelope ``r_on`` in Å (4.5).
-      lmax: highest spherical-harmonic degree on edges (2).
-      num_basis: radial Bessel functions (8).
-      type_map: ``((Z, type_index), ...)`` for every covered element.
-      irreps_embed: node features after the species embedding (``"128x0e"``).
-      blocks: the interaction blocks.
-      irreps_readout_hidden: hidden readout irreps (``"64x0e"``).
-    """
-
-    name: str
-    cutoff: float
-    cutoff_on: float
-    lmax: int
-    num_basis: int
-    type_map: tuple[tuple[int, int], ...]
-    irreps_embed: str
-    blocks: tuple[SevenNetBlock, ...]
-    irreps_readout_hidden: str
-
-    @property
-    def num_types(self) -> int:
-        """Number of species types of the one-hot embedding."""
-        return len(self.type_map)
-
-    @property
-    def species(self) -> tuple[int, ...]:
-        """Sorted atomic numbers the model covers."""
-        return tuple(sorted(z for z, _ in self.type_map))
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict (for the checkpoint file)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SevenNetArch:
-        """Inverse of :meth:`to_dict`."""
-        blocks = []
-        for b in d["blocks"]:
-            b = dict(b)
-            for key in ("scalar_acts", "gate_acts", "radial_hidden"):
-                b[key] = tuple(b[key])
-            b["scalar_act_scales"] = tuple(float(x) for x in b["scalar_act_scales"])
-            b["gate_act_scales"] = tuple(float(x) for x in b["gate_act_scales"])
-            b["tp_paths"] = tuple(tuple(int(i) for i in p) for p in b["tp_paths"])
-            blocks.append(SevenNetBlock(**b))
-        out = dict(d)
-        out["blocks"] = tuple(blocks)
-        out["type_map"] = tuple((int(z), int(t)) for z, t in d["type_map"])
-        return cls(**out)
-
-
-def tp_paths(irreps_x: str, irreps_filter: str, irreps_keep: str) -> tuple[str, tuple]:
-    """SevenNet's convolution paths: every ``x ⊗ Y → ir`` with ``ir`` in ``irreps_keep``.
-
-    Returns ``(irreps_mid, paths)``: the tensor product's output irreps (one entry of multiplicity
-    ``mul_x`` per path, sorted by irrep, stable) and ``(i_in1, i_in2, i_out)`` per path sorted by
-    ``i_out`` — the order of the per-edge weights.
-    """
-    x, f, keep = e3nn.Irreps(irreps_x), e3nn.Irreps(irreps_filter), e3nn.Irreps(irreps_keep)
-    keep_irs = {ir for _, ir in keep}
-    mid, paths = [], []
-    for i, (mul_x, ir_x) in enumerate(x):
-        for j, (_, ir_f) in enumerate(f):
-            for ir_out in ir_x * ir_f:
-                if ir_out in keep_irs:
-                    paths.append((i, j, len(mid)))
-                    mid.append((mul_x, ir_out))
-    order = sorted(range(len(mid)), key=lambda k: (mid[k][1], k))  # stable sort by irrep
-    new_index = {old: new for new, old in enumerate(order)}
-    mid_sorted = e3nn.Irreps([mid[k] for k in order])
-    paths = sorted(((i, j, new_index[k]) for i, j, k in paths), key=lambda p: p[2])
-    return str(mid_sorted), tuple(paths)
-
-
-# ---------------------------------------------------------------------- layers
-
-
-def _blocks(irreps: str) -> list[tuple[int, int, int, int]]:
-    """``(mul, l, start, stop)`` of each block of a flat feature vector."""
-    out, start = [], 0
-    for mul, ir in e3nn.Irreps(irreps):
-        stop = start + mul * ir.dim
-        out.append((mul, ir.l, start, stop))
-        start = stop
-    return out
-
-
-def linear_instructions(irreps_in: str, irreps_out: str) -> list[tuple[int, int]]:
-    """e3nn ``Linear``'s default paths: every input block into every output block of its irrep."""
-    ins, outs = e3nn.Irreps(irreps_in), e3nn.Irreps(irreps_out)
-    return [
-        (i, o)
-        for i, (_, ir_i) in enumerate(ins)
-        for o, (_, ir_o) in enumerate(outs)
-        if ir_i == ir_o
-    ]
-
-
-def linear_numel(irreps_in: str, irreps_out: str) -> int:
-    """Number of weights of :class:`IrrepsLinear` (``Σ mul_in · mul_out`` over paths)."""
-    ins, outs = e3nn.Irreps(irreps_in), e3nn.Irreps(irreps_out)
-    return sum(ins[i].mul * outs[o].mul for i, o in linear_instructions(irreps_in, irreps_out))
 
 
 class IrrepsLinear(nn.Module):
@@ -247,7 +95,7 @@ class IrrepsLinear(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        ins, outs = _blocks(self.irreps_in), _blocks(self.irreps_out)
+        ins, outs = blocks(self.irreps_in), blocks(self.irreps_out)
         paths = linear_instructions(self.irreps_in, self.irreps_out)
         numel = linear_numel(self.irreps_in, self.irreps_out)
         w = self.param("weight", nn.initializers.normal(1.0), (numel,), x.dtype)
@@ -294,7 +142,7 @@ def tp_messages(blk: SevenNetBlock, w: Array, xj: Array, sh: Array) -> Array:
     returns ``(E, dim_mid)``. Path into an irrep of dimension ``2l+1``: ``sqrt((2l+1)/fan)``
     times e3nn's normalised Wigner 3j, ``fan`` = Σ mul_in2 over the paths into that block.
     """
-    xb, fb, mb = _blocks(blk.irreps_x), _blocks(blk.irreps_filter), _blocks(blk.irreps_mid)
+    xb, fb, mb = blocks(blk.irreps_x), blocks(blk.irreps_filter), blocks(blk.irreps_mid)
     fan = [sum(fb[j][0] for _, j, o2 in blk.tp_paths if o2 == o) for o in range(len(mb))]
     e = xj.shape[0]
     out: list[Any] = [None] * len(mb)
@@ -337,7 +185,7 @@ class Convolution(nn.Module):
     @nn.compact
     def __call__(self, x, sh, radial, center, neighbor, live, n_live):
         blk = self.block
-        xb = _blocks(blk.irreps_x)
+        xb = blocks(blk.irreps_x)
         numel = sum(xb[i][0] for i, _, _ in blk.tp_paths)
         sizes = (radial.shape[-1], *blk.radial_hidden, numel)
 
@@ -361,13 +209,13 @@ class Convolution(nn.Module):
             w = radial_mlp(ws, blk.radial_act_scale, radc) * livec[:, None]
             return tp_messages(blk, w, x[nbr], shc)
 
-        def skip(args):
-            return jnp.zeros((c, dim_mid), x.dtype)
+        def add(acc, args):
+            return acc.at[args[0]].add(messages(args))
 
         def body(acc, inp):
             k, args = inp
-            msg = jax.lax.cond(k * c < n_live, messages, skip, args)
-            return acc.at[args[0]].add(msg), None
+            # chunks past the live slots leave the sums untouched (no work, no scatter)
+            return jax.lax.cond(k * c < n_live, add, lambda acc, _: acc, acc, args), None
 
         chunked = jax.tree_util.tree_map(
             lambda a: a.reshape(n_chunks, c, *a.shape[1:]), (center, neighbor, sh, radial, live)
@@ -379,7 +227,7 @@ class Convolution(nn.Module):
 
 def gate(x: Array, blk: SevenNetBlock) -> Array:
     """e3nn ``Gate``: ``[scalars | gates | gated]`` → ``[act(scalars) | act(gates)·gated]``."""
-    sb, gb, vb = _blocks(blk.gate_scalars), _blocks(blk.gate_gates), _blocks(blk.gate_gated)
+    sb, gb, vb = blocks(blk.gate_scalars), blocks(blk.gate_gates), blocks(blk.gate_gated)
     n_s = sb[-1][3] if sb else 0
     n_g = gb[-1][3] if gb else 0
     pieces = []
@@ -657,16 +505,13 @@ def sevennet0(
 
 
 def init_params(arch: SevenNetArch, key: Array, *, dtype: Any = jnp.float32) -> Any:
-    """Randomly initialised parameters of ``arch`` (e3nn's N(0, 1) weights), e.g. for training."""
+    """Randomly initialised parameters of ``arch`` (e3nn's N(0, 1) weights), e.g. for training.
+
+    Returns the same tree as the converted weights (``sevennet0().params``), arrays of ``dtype``.
+    """
     n = 2
     types = jnp.zeros((n,), jnp.int32)
     vec = jnp.ones((n, 1, 3), dtype)
     index = jnp.zeros((n, 1), jnp.int32)
-    return SevenNet(arch).init(
-        key, types, jnp.ones((n,), bool), vec, index, jnp.ones((n, 1), bool)
-    )["params"]
-
-
-def block_irreps(blocks: Sequence[SevenNetBlock]) -> list[str]:
-    """Node irreps after each block (for display)."""
-    return [b.irreps_out for b in blocks]
+    init = jax.jit(SevenNet(arch).init)
+    return init(key, types, jnp.ones((n,), bool), vec, index, jnp.ones((n, 1), bool))["params"]

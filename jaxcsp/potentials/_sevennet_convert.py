@@ -19,7 +19,7 @@ from typing import Any
 import e3nn_jax as e3nn
 import numpy as np
 
-from jaxcsp.potentials._sevennet import (
+from jaxcsp.potentials._sevennet_arch import (
     SevenNetArch,
     SevenNetBlock,
     SevenNetCheckpointError,
