@@ -245,6 +245,23 @@ def test_rotation_and_permutation_invariance_and_float32(pot):
     assert abs(float(r32.energy[0]) - e[0]) / len(at) < 1e-4
 
 
+@pytest.mark.slow  # compiling the vmapped single-crystal path takes ~1 min
+def test_batched_graph_equals_vmap_of_one_crystal(pot):
+    rng = np.random.default_rng(7)
+    atoms = [
+        _distorted(bulk("Si", "diamond", a=5.43), rng, 0),  # 2 atoms, many own images
+        _distorted(bulk("NaCl", "rocksalt", a=5.64, cubic=True), rng, 1),
+        _distorted(bulk("Fe", "bcc", a=2.87, cubic=True) * (2, 2, 1), rng, 2),
+    ]
+    c = jc.io.from_ase(atoms)
+    nl = jc.calculator.build_neighbors(pot, c, skin=1.0)  # slots beyond the cutoff too
+    batched = jax.jit(pot.energies)(c, nl)
+    single = jax.jit(jax.vmap(pot.energy))(c, nl)
+    np.testing.assert_allclose(np.asarray(batched), np.asarray(single), rtol=1e-12)
+    e_ref, _, _ = torch_sevennet(atoms)
+    np.testing.assert_allclose(np.asarray(batched), e_ref, rtol=1e-10)
+
+
 def test_checkpoint_round_trip_and_errors(pot, cache, tmp_path):
     path = tmp_path / "model.msgpack"
     sn.save_sevennet(path, pot.options, pot.params)

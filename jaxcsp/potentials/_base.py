@@ -13,6 +13,9 @@ Contract:
   Batch it with :func:`jax.vmap`; differentiate it with :func:`jax.grad`. Padded atoms contribute
   nothing. Potentials with ``cutoff=None`` (external MLIPs) build their own graphs and receive
   ``neighbors=None``.
+* ``potential.energies(crystals, neighbors)`` returns the ``(B,)`` energies of a batch:
+  ``vmap(energy)``, or the potential's own ``batch_energy_fn`` when it has one (a model that
+  processes the batch as one graph). The calculator and the relaxers call it.
 * A neighbor list built with a **larger** cutoff than ``potential.cutoff`` (a Verlet skin) gives
   the same energy: every potential masks pairs with ``r >= cutoff`` itself.
 * ``species`` is the tuple of atomic numbers the potential covers (``None``: any element).
