@@ -212,6 +212,7 @@ def calculate(
     neighbors: Any = None,
     method: str = "auto",
     source: str | None = None,
+    mesh: Any = None,
 ) -> Results:
     """Energy, forces and stress of a batch of crystals (host entry point, jitted inside).
 
@@ -222,6 +223,8 @@ def calculate(
         ``None``.
       method: neighbor-list backend.
       source: name used in error messages.
+      mesh: a :func:`jaxcsp.parallel.batch_mesh` to split the batch over several devices
+        (padded to a multiple of the mesh size, trimmed after; results keep the sharding).
 
     Returns:
       :class:`Results`: energy ``(B,)`` eV, forces ``(B, N, 3)`` eV/Å (zero on padding),
@@ -241,7 +244,15 @@ def calculate(
         raise InvalidStructureError(
             "neighbor list overflowed; rebuild it", index=b, field="neighbors", source=source
         )
-    return _calculate_jit(potential, crystals, neighbors)
+    if mesh is None:
+        return _calculate_jit(potential, crystals, neighbors)
+    from jaxcsp import parallel
+
+    n = int(crystals.batch_size)
+    size = parallel.padded_size(n, mesh)
+    padded = parallel.shard_batch(parallel.pad_batch((crystals, neighbors), size), mesh)
+    out = _calculate_jit(potential, *padded)
+    return Results(*(a[:n] for a in out))
 
 
 def calculate_energy(

@@ -420,8 +420,12 @@ def drive(
     progress: bool = False,
     min_batch: int = 32,
     invalid: Any = None,
+    mesh: Any = None,
 ):
     """Run an optimizer from ``x0`` until every structure stops (host loop over jitted chunks).
+
+    ``mesh`` (optional :func:`jaxcsp.parallel.batch_mesh`): the batch (a multiple of the mesh
+    size) is split over its devices, and every working batch after a compaction too.
 
     ``invalid`` (optional ``(B,)`` bool, host side) marks structures rejected before the run
     (e.g. overlapping atoms): they get status ``INVALID`` after the first evaluation and never
@@ -443,7 +447,14 @@ def drive(
     Returns:
       The final optimizer state (all ``B`` structures, in input order).
     """
+    from jaxcsp import parallel
+
     kw = dict(method=method, options=tuple(sorted(options.items())), cell_filter=mode)
+
+    def place(tree):
+        return tree if mesh is None else parallel.shard_batch(tree, mesh)
+
+    x0, row_mask, data = place(x0), place(row_mask), place(data)
     growth = 1.0
     spec = _spec_for(potential, crystals, method=neighbor_method)
     state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
@@ -451,6 +462,7 @@ def drive(
         growth *= 2.0
         spec = _spec_for(potential, crystals, method=neighbor_method, growth=growth)
         state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
+    state = place(state)
     if invalid is not None and np.any(invalid):
         status = np.asarray(state.status)
         status = np.where(np.asarray(invalid, bool), INVALID, status).astype(status.dtype)
@@ -475,14 +487,14 @@ def drive(
         if n_running == 0:
             break
         size = int(running.shape[0])
-        target = _bucket(n_running, min_batch)
+        target = parallel.padded_size(_bucket(n_running, min_batch), mesh)
         if can_compact and target <= size // 2:
             full = _scatter(full, idx, state)
             stopped = np.asarray(full.status != RUNNING)
             run_rows = np.nonzero(~stopped)[0]
             fill = np.nonzero(stopped)[0][: target - len(run_rows)]
             idx = jnp.asarray(np.concatenate([run_rows, fill]), jnp.int32)
-            state, work_data = _gather(full, idx), _gather(data, idx)
+            state, work_data = place(_gather(full, idx)), place(_gather(data, idx))
             # the new working batch compiles anyway: re-choose the neighbor shapes for the
             # structures it holds now, with the base head-room (grown head-room is kept only
             # while the batch that needed it runs)
@@ -541,6 +553,7 @@ def relax(
     neighbor_method: str = "auto",
     progress: bool = False,
     min_batch: int = 32,
+    mesh: Any = None,
     **options: Any,
 ) -> RelaxResult:
     """Relax a batch of crystals with any potential (host entry point; jitted inside).
@@ -562,6 +575,9 @@ def relax(
         half the structures are still running they are gathered into a smaller batch, so the
         slowest few do not pay for all ``B`` every step; ``0`` turns compaction off. Results
         do not depend on it.
+      mesh: a :func:`jaxcsp.parallel.batch_mesh` to split the batch over several devices
+        (data parallel; padded to a multiple of the mesh size with rows that never move,
+        trimmed from the result). Results do not depend on it.
       **options: optimizer hyperparameters (e.g. ``maxstep``, ``c1``, ``dt``).
 
     Returns:
@@ -591,6 +607,13 @@ def relax(
     )
     check_species(potential, crystals)
     overlapping = np.array([e is not None for e in find_overlaps(crystals)], bool)
+    n_real = int(crystals.batch_size)
+    if mesh is not None:
+        from jaxcsp import parallel
+
+        size = parallel.padded_size(n_real, mesh)
+        crystals = parallel.pad_batch(crystals, size)
+        overlapping = np.concatenate([overlapping, np.ones(size - n_real, bool)])  # never move
     data = make_data(crystals, pressure=pressure, symmetric=symmetric, symprec=symprec)
     x0, row_mask = initial_dofs(crystals, cell_filter)
     state = drive(
@@ -609,10 +632,14 @@ def relax(
         progress=progress,
         min_batch=min_batch,
         invalid=overlapping,
+        mesh=mesh,
     )
-    return result_from_state(
+    res = result_from_state(
         state, crystals_from_dofs(state.x, data, cell_filter), potential, neighbor_method
     )
+    if mesh is not None:
+        res = jax.tree_util.tree_map(lambda a: a[:n_real], res)
+    return res
 
 
 def result_from_state(state, final: Crystals, potential, neighbor_method: str) -> RelaxResult:

@@ -1,0 +1,124 @@
+"""Data parallelism: 8 virtual CPU devices give the results of 1 (``jaxcsp.parallel``).
+
+The device count of a process is fixed when JAX starts, so the 8-device runs happen in a
+subprocess started with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``; it computes the
+same work without a mesh (one device) and with the batch split over all 8, and reports both.
+The subprocess compiles partitioned programs for 8 devices (minutes on 2 cores): slow suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcsp import parallel
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+SCRIPT = r"""
+import json, sys
+import jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np
+import jaxcsp as jc
+from jaxcsp import parallel
+from jaxcsp.optimize import relax
+
+assert len(jax.devices()) == 8, jax.devices()
+mesh = parallel.batch_mesh()
+c = jc.compact(jc.symmetry.reconstruct(
+    jc.symmetry.random_crystals(jax.random.key(0), "Ar4", 12, volume_factor=1.3)))
+lj = jc.potentials.lennard_jones(sigma=3.4, epsilon=0.0104, cutoff=8.5)
+out = {}
+one = jc.calculate(lj, c)
+eight = jc.calculate(lj, c, mesh=mesh)
+out["calc"] = [np.asarray(one.energy).tolist(), np.asarray(eight.energy).tolist(),
+               float(np.abs(np.asarray(one.forces) - np.asarray(eight.forces)).max()),
+               float(np.abs(np.asarray(one.stress) - np.asarray(eight.stress)).max())]
+padded = parallel.shard_batch(parallel.pad_batch(c, 16), mesh)
+out["devices"] = len(padded.frac.sharding.device_set)
+out["shard_rows"] = [s.data.shape[0] for s in padded.frac.addressable_shards]
+# 16 structures: both runs hold the same working batches (compaction to 8 included), so the
+# neighbor shapes and summation orders match and so do the trajectories, step by step
+c16 = jc.compact(jc.symmetry.reconstruct(
+    jc.symmetry.random_crystals(jax.random.key(1), "Ar4", 16, volume_factor=1.3)))
+r1 = relax(c16, lj, cell_filter="frechet", fmax=0.01, min_batch=8)
+r8 = relax(c16, lj, cell_filter="frechet", fmax=0.01, min_batch=8, mesh=mesh)
+out["relax"] = {
+    k: [np.asarray(getattr(r1, k)).tolist(), np.asarray(getattr(r8, k)).tolist()]
+    for k in ("energy", "steps", "force_calls", "converged")
+}
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def eight_devices():  # only requested by slow tests
+    env = {
+        **os.environ,
+        "XLA_FLAGS": (
+            os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+        ).strip(),
+        "JAX_PLATFORMS": "cpu",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+@pytest.mark.slow
+def test_batch_is_split_over_eight_devices(eight_devices):
+    assert eight_devices["devices"] == 8
+    assert eight_devices["shard_rows"] == [2] * 8
+
+
+@pytest.mark.slow
+def test_calculate_on_eight_devices_equals_one(eight_devices):
+    e1, e8, df, ds = eight_devices["calc"]
+    assert len(e1) == len(e8) == 12  # padding rows trimmed
+    np.testing.assert_allclose(e8, e1, rtol=0, atol=1e-12)
+    assert df < 1e-12 and ds < 1e-12
+
+
+@pytest.mark.slow
+def test_relax_on_eight_devices_equals_one(eight_devices):
+    r = eight_devices["relax"]
+    e1, e8 = (np.asarray(x) for x in r["energy"])
+    assert e1.shape == e8.shape == (16,)
+    assert all(r["converged"][0]) and all(r["converged"][1])
+    np.testing.assert_allclose(e8, e1, rtol=0, atol=1e-9)
+    assert r["steps"][0] == r["steps"][1]
+    assert r["force_calls"][0] == r["force_calls"][1]
+
+
+def test_mesh_helpers_in_this_process():
+    mesh = parallel.batch_mesh()
+    assert mesh.axis_names == ("batch",)
+    assert parallel.padded_size(5, mesh) % mesh.size == 0 and parallel.padded_size(5, mesh) >= 5
+    assert parallel.padded_size(13, None) == 13
+    x = {"a": np.arange(6.0).reshape(3, 2), "b": np.ones(3)}
+    p = parallel.pad_batch(x, 5)
+    assert p["a"].shape == (5, 2) and np.array_equal(np.asarray(p["a"][3]), x["a"][0])
+    with pytest.raises(ValueError, match="pad"):
+        parallel.pad_batch(x, 2)
+    placed = parallel.shard_batch(p, parallel.batch_mesh(1))
+    assert np.array_equal(np.asarray(placed["b"]), np.ones(5))
+    from jaxcsp.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="devices"):
+        parallel.batch_mesh(len(jax.devices()) + 1)
