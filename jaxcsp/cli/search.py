@@ -26,6 +26,13 @@ Methods (--method):
                 layers, cell shapes, strains, doubling/halving, new structures), relaxed
                 together (--tier POTENTIAL first), accepted by Metropolis at --temperature;
                 --init random pool:FILE compares initial populations on the same budget
+  active        active learning with an ensemble of learned force fields (Hessmann et al.):
+                a PaiNN ensemble relaxes a pool of --n-search symmetric candidates and
+                --n-train random cells until it is unsure (U > 0.5), --batch-size (32)
+                training-pool structures per cycle are labelled by single oracle points, the
+                ensemble is retrained, until the lowest clusters stop improving; then their
+                representatives are relaxed on the oracle. --compare random runs random
+                search until it finds --reference (or spends --baseline-budget)
 
 Potentials (--potential) as for `jaxcsp relax`: sw, tersoff, lj:sigma=S,epsilon=E,cutoff=R,
 morse:..., nacl (Tosi-Fumi Buckingham + DSF Coulomb), sevennet, chgnet.
@@ -37,12 +44,17 @@ examples:
   jaxcsp search --method crysim --iterations 300 --reference jaxcsp/data/structures/si_diamond.cif \
       --until-found --compare random --plot crysim.png
   jaxcsp search --method basin --composition Si16 --init random pool:generated.extxyz \
+      --reference jaxcsp/data/structures/si_diamond.cif --compare random
+  jaxcsp search --method active --composition Si16 --potential sw --seed 0 --db si16.db \
       --reference jaxcsp/data/structures/si_diamond.cif --compare random"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--method", default="random", choices=("random", "crysim", "basin"), help="search method"
+        "--method",
+        default="random",
+        choices=("random", "crysim", "basin", "active"),
+        help="search method",
     )
     p.add_argument(
         "--composition", default="Si8", help="unit-cell composition, e.g. Si8 or Na4Cl4 (Si8)"
@@ -74,7 +86,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        help="candidates per iteration (random 64, crysim 8, basin: --population)",
+        help="candidates per iteration (random 64, crysim 8, basin: --population, active: "
+        "labels per cycle, 32)",
+    )
+    p.add_argument("--n-search", type=int, default=64, help="active: search pool (64)")
+    p.add_argument("--n-train", type=int, default=128, help="active: training pool (128)")
+    p.add_argument("--members", type=int, default=5, help="active: ensemble members (5)")
+    p.add_argument(
+        "--max-cycles", type=int, default=10, help="active: cycles before validation (10)"
+    )
+    p.add_argument(
+        "--baseline-budget",
+        type=int,
+        help="active --compare random: oracle calls the baseline may spend looking for the "
+        "reference (default: 20x the method's calls)",
     )
     p.add_argument(
         "--max-iterations", "--iterations", type=int, help="stop after this many iterations"
@@ -279,6 +304,52 @@ def _moves_text(pop: dict) -> str:
     return f"moves proposed/accepted/skipped ({int(pop['resets'])} resets): " + ", ".join(rows)
 
 
+def _cycles_text(pop: dict) -> str:
+    """The active-learning report: one row per cycle (rich table as text)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="active learning cycles")
+    for col in ("cycle", "labels", "lowest clusters eV/atom", "val loss", "uncertain",
+                "converged", "train s", "relax s", "stop"):  # fmt: skip
+        t.add_column(col, justify="right")
+    for r in pop.get("report", []):
+        st = r["statuses"]
+        t.add_row(
+            str(r["cycle"]),
+            str(r["labels"]),
+            " ".join(f"{e:.4f}" for e in r["lowest_clusters"]) or "-",
+            f"{r['val_loss']:.3g}",
+            str(st.get("uncertain", 0)),
+            str(st.get("converged", 0)),
+            f"{r['train_s']:.1f}",
+            f"{r['relax_s']:.1f}",
+            "yes" if r["stopped"] else "",
+        )
+    console = Console(record=True, width=110)
+    with console.capture() as cap:
+        console.print(t)
+    return cap.get()
+
+
+def _savings_text(m: dict, bm: dict) -> str:
+    """Oracle calls of active learning (all, validation included) against random search's
+    calls to the reference."""
+    found = m.get("calls_to_reference") is not None
+    ours = m["oracle_calls"]
+    if bm.get("calls_to_reference") is None:
+        theirs = f"not found in {bm['oracle_calls']} calls"
+        ratio = f">= {bm['oracle_calls'] / max(ours, 1):.1f}x" if found else "n/a"
+    else:
+        theirs = str(bm["calls_to_reference"])
+        ratio = f"{bm['calls_to_reference'] / max(ours, 1):.1f}x" if found else "n/a"
+    return (
+        f"reference found by active learning: {'yes' if found else 'no'}; oracle calls: active "
+        f"{ours} (all, validation included), random search to the reference {theirs}; "
+        f"random/active {ratio}"
+    )
+
+
 def _baseline_db(db: str) -> str:
     stem = db[: -len(".db")] if db.endswith(".db") else db
     return f"{stem}.random.db"
@@ -296,6 +367,8 @@ def run(args: argparse.Namespace) -> int:
     budget = args.budget
     if budget is None and args.method == "crysim":
         budget = None if args.max_iterations else 6000
+    elif budget is None and args.method == "active":
+        budget = None  # the method stops itself (max_iterations caps it below)
     elif budget is None:
         budget = 100_000 if args.method == "basin" else 2000
     elif isinstance(budget, bool) or budget < 1:
@@ -319,7 +392,27 @@ def run(args: argparse.Namespace) -> int:
         rules["spg"] = args.spg
     tiers = ()
     inits = [(str(x), x) for x in args.init] if args.method == "basin" else [("", None)]
-    if args.method == "crysim":
+    max_iterations = args.max_iterations
+    if args.method == "active":
+        batch = 32 if args.batch_size is None else args.batch_size
+        if "spg" in rules:
+            raise search.InvalidSearchError(
+                "active learning draws its own pools (P1 training cells, symmetric candidates)",
+                field="spg",
+            )
+        methods = [
+            search.active_learning(
+                args.n_search,
+                args.n_train,
+                batch,
+                num_members=args.members,
+                max_cycles=args.max_cycles,
+                **rules,
+            )
+        ]
+        if max_iterations is None:
+            max_iterations = args.max_cycles + 1
+    elif args.method == "crysim":
         batch = 8 if args.batch_size is None else args.batch_size
         methods = [search.crysim_search(args.n_initial, batch, ldr=args.ldr, **rules)]
     elif args.method == "basin":
@@ -367,7 +460,7 @@ def run(args: argparse.Namespace) -> int:
             args.composition,
             search.Oracle(pot, budget=budget, tiers=tiers),
             db=db,
-            max_iterations=args.max_iterations,
+            max_iterations=max_iterations,
             **common,
         )
         r.metrics["s_per_structure"] = r.metrics["wall_s"] / max(1, r.metrics["n_evaluated"])
@@ -379,7 +472,22 @@ def run(args: argparse.Namespace) -> int:
         for (label, _), r in zip(inits, results, strict=True)
     ]
     baseline = None
-    if compare:
+    if compare and args.method == "active":
+        # the method stops itself; the baseline relaxes random structures on the oracle until
+        # it finds the reference (or spends its budget): the calls a user would pay instead
+        check_int("baseline_budget", args.baseline_budget or 1)
+        b_budget = args.baseline_budget or 20 * max(1, m["oracle_calls"])
+        baseline = search.run(
+            search.random_search(64 if args.batch_size is None else batch, **rules),
+            args.composition,
+            search.Oracle(pot, budget=b_budget, tiers=tiers),
+            db=_baseline_db(args.db),
+            **dict(common, stop_at_reference=args.reference is not None),
+        )
+        bm = baseline.metrics
+        bm["s_per_structure"] = bm["wall_s"] / max(1, bm["n_evaluated"])
+        named.append((compare, bm))
+    elif compare:
         # the baseline gets the calls the method spent, in batches of the method's size; it
         # may overshoot by its last batch, which is why "calls to reference" is printed too
         baseline = search.run(
@@ -400,8 +508,12 @@ def run(args: argparse.Namespace) -> int:
         print(_metrics_text(m, args.window))
         if args.method == "basin":
             print(_moves_text(result.state.population))
+        if args.method == "active":
+            print(_cycles_text(result.state.population), end="")
         if len(named) > 1:
             print(_comparison(named), end="")
+        if args.method == "active" and baseline is not None and args.reference:
+            print(_savings_text(m, baseline.metrics))
     if args.plot:
         others = tuple(results[1:]) + (() if baseline is None else (baseline,))
         search.plot_search(result, args.plot, compare=others)

@@ -12,6 +12,9 @@
   :class:`CVAEModel`, :func:`shipped_cvae`) and the plain VAE baseline.
 * :mod:`jaxcsp.models.latent`: latent-space refinement under fixed conditions
   (:func:`refine_latents`, the CVAE seed's Algorithm 2).
+* :mod:`jaxcsp.models.mlff`: learned force fields: a PaiNN-style model (:class:`PaiNN`) and
+  deep ensembles of it (:class:`MLFFEnsemble`, :func:`train_ensemble`) with the relative force
+  uncertainty of the active-learning seed; checkpoints (:func:`save_ensemble`).
 """
 
 from jaxcsp.models.anneal import AnnealResult, anneal_fm, anneal_qubo, default_beta_range
@@ -38,16 +41,35 @@ from jaxcsp.models.fm import (
 )
 from jaxcsp.models.gmm import GMMTransform, fit_gmm_transform
 from jaxcsp.models.latent import LatentResult, refine_latents
+from jaxcsp.models.mlff import (
+    EnsembleHistory,
+    EnsemblePrediction,
+    LabelledData,
+    MLFFConfig,
+    MLFFEnsemble,
+    PaiNN,
+    init_ensemble,
+    labelled_data,
+    load_ensemble,
+    save_ensemble,
+    train_ensemble,
+)
 
 __all__ = [
     "CVAE",
     "AnnealResult",
     "CVAEModel",
+    "EnsembleHistory",
+    "EnsemblePrediction",
     "FMHistory",
     "FMModel",
     "FactorizationMachine",
     "GMMTransform",
+    "LabelledData",
     "LatentResult",
+    "MLFFConfig",
+    "MLFFEnsemble",
+    "PaiNN",
     "UnknownConditionError",
     "anneal_fm",
     "anneal_qubo",
@@ -55,14 +77,19 @@ __all__ = [
     "fit_gmm_transform",
     "fm_coefficients",
     "fm_to_qubo",
+    "init_ensemble",
+    "labelled_data",
     "load_cvae",
+    "load_ensemble",
     "load_fm",
     "one_hot_penalty",
     "qubo_energy",
     "refine_latents",
     "save_cvae",
+    "save_ensemble",
     "save_fm",
     "shipped_cvae",
     "train_cvae",
+    "train_ensemble",
     "train_fm",
 ]

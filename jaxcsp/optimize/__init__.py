@@ -12,6 +12,7 @@ from jaxcsp.optimize._base import (
     MAX_STEPS,
     RUNNING,
     STATUS_NAMES,
+    UNCERTAIN,
     Optimizer,
     masked_fmax,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "METHODS",
     "RUNNING",
     "STATUS_NAMES",
+    "UNCERTAIN",
     "BFGSLineSearchState",
     "FIREState",
     "LBFGSState",

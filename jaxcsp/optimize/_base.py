@@ -33,6 +33,7 @@ __all__ = [
     "MAX_STEPS",
     "RUNNING",
     "STATUS_NAMES",
+    "UNCERTAIN",
     "Optimizer",
     "as_objective",
     "masked_fmax",
@@ -46,7 +47,8 @@ CONVERGED = 1  #: largest gradient row norm < fmax
 MAX_STEPS = 2  #: hit ``max_steps`` without converging
 EXPLODED = 3  #: non-finite or > ``f_upper`` gradients/values during the run
 INVALID = 4  #: non-finite value or gradient at the starting point
-STATUS_NAMES = ("running", "converged", "max_steps", "exploded", "invalid")
+UNCERTAIN = 5  #: uncertainty above ``max_uncertainty`` (the last point below it is kept)
+STATUS_NAMES = ("running", "converged", "max_steps", "exploded", "invalid", "uncertain")
 
 
 class Optimizer(NamedTuple):

@@ -35,7 +35,7 @@ import jax.scipy.linalg
 import numpy as np
 
 from jaxcsp.crystal import Crystals
-from jaxcsp.optimize._base import INVALID, RUNNING, STATUS_NAMES, masked_fmax
+from jaxcsp.optimize._base import INVALID, RUNNING, STATUS_NAMES, UNCERTAIN, masked_fmax
 from jaxcsp.optimize._bfgs import bfgs_linesearch
 from jaxcsp.optimize._fire import fire, lbfgs
 from jaxcsp.optimize._wyckoff_dofs import crystals_from_wyckoff_dofs
@@ -206,17 +206,65 @@ def _init(x, row_mask, data, potential, spec, fmax, max_steps, *, method, option
     return opt.init_fn(x, row_mask, data, fmax=fmax, max_steps=max_steps)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "options", "cell_filter", "n_steps"))
-def _run(state, data, potential, spec, *, method, options, cell_filter, n_steps):
+def _uncertainty(potential, spec, cell_filter, x, data):
+    """``(B,)`` the potential's uncertainty at the DOFs ``x`` (``uncertainty_fn``)."""
+    from jaxcsp import neighbors as nb
+
+    c = crystals_from_dofs(x, data, cell_filter)
+    nl = None if spec is None else nb.update(spec, jax.lax.stop_gradient(c))
+    return potential.uncertainties(c, nl)
+
+
+def _rows(mask, a, b):
+    """Per-structure select over every leaf of two states: ``a`` where ``mask`` (B,), else b."""
+    return jax.tree_util.tree_map(
+        lambda u, v: jnp.where(mask.reshape((-1,) + (1,) * (u.ndim - 1)), u, v), a, b
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("cell_filter",))
+def _check_start(state, data, potential, spec, max_uncertainty, *, cell_filter):
+    """Mark running structures whose starting point is already too uncertain ``UNCERTAIN``."""
+    u = _uncertainty(potential, spec, cell_filter, state.x, data)
+    halt = (state.status == RUNNING) & ~(u <= max_uncertainty)
+    return state._replace(status=jnp.where(halt, UNCERTAIN, state.status))
+
+
+@functools.partial(
+    jax.jit, static_argnames=("method", "options", "cell_filter", "n_steps", "guarded")
+)
+def _run(
+    state, data, potential, spec, max_uncertainty=None, *, method, options, cell_filter, n_steps,
+    guarded=False,
+):  # fmt: skip
     opt = make_optimizer(method, _objective(potential, spec, cell_filter), dict(options))
 
     def cond(carry):
         i, st, bad = carry
         return (i < n_steps) & jnp.any(st.status == RUNNING) & ~bad
 
+    def guard(st, new):
+        # a structure that accepted a new point where the potential is too uncertain keeps
+        # its previous point and stops (the seed's uncertainty criterion U > U_max)
+        moved = (new.steps > st.steps) & (st.status == RUNNING)
+
+        def check(_):
+            u = _uncertainty(potential, spec, cell_filter, new.x, data)
+            return moved & ~(u <= max_uncertainty)
+
+        halt = jax.lax.cond(jnp.any(moved), check, lambda _: jnp.zeros_like(moved), None)
+        kept = _rows(halt, st, new)
+        return kept._replace(
+            status=jnp.where(halt, UNCERTAIN, kept.status),
+            force_calls=new.force_calls,  # the rejected point was evaluated: it counts
+            overflow=new.overflow,
+        )
+
     def body(carry):
         i, st, _ = carry
         new = opt.step_fn(st, data)
+        if guarded:
+            new = guard(st, new)
         bad = jnp.any(new.overflow)
         # a step whose neighbor list overflowed is discarded (its numbers are incomplete); the
         # loop stops at the last good state, flagged with the failed step's overflow
@@ -421,8 +469,13 @@ def drive(
     min_batch: int = 32,
     invalid: Any = None,
     mesh: Any = None,
+    max_uncertainty: float | None = None,
 ):
     """Run an optimizer from ``x0`` until every structure stops (host loop over jitted chunks).
+
+    ``max_uncertainty`` (optional, needs a potential with an ``uncertainty_fn``): a structure
+    whose starting point, or a newly accepted point, has an uncertainty above it stops with
+    status ``UNCERTAIN`` at its last point below (the start, if that is already above).
 
     ``mesh`` (optional :func:`jaxcsp.parallel.batch_mesh`): the batch (a multiple of the mesh
     size) is split over its devices, and every working batch after a compaction too.
@@ -467,6 +520,10 @@ def drive(
         status = np.asarray(state.status)
         status = np.where(np.asarray(invalid, bool), INVALID, status).astype(status.dtype)
         state = state._replace(status=jnp.asarray(status))
+    guarded = max_uncertainty is not None
+    mu = jnp.asarray(max_uncertainty if guarded else 0.0, x0.dtype)
+    if guarded:
+        state = _check_start(state, data, potential, spec, mu, cell_filter=mode)
     total = int(x0.shape[0])
     full = state  # every structure; rows of ``idx`` live in the working batch ``state``
     idx = None
@@ -501,7 +558,7 @@ def drive(
             growth = 1.0
             current = crystals_from_dofs(state.x, work_data, mode)
             spec = _spec_for(potential, current, method=neighbor_method)
-        new = _run(state, work_data, potential, spec, n_steps=chunk, **kw)
+        new = _run(state, work_data, potential, spec, mu, n_steps=chunk, guarded=guarded, **kw)
         state, spec, growth = _after_chunk(
             state, new, work_data, potential, spec, growth, mode, neighbor_method
         )
@@ -554,6 +611,7 @@ def relax(
     progress: bool = False,
     min_batch: int = 32,
     mesh: Any = None,
+    max_uncertainty: float | None = None,
     **options: Any,
 ) -> RelaxResult:
     """Relax a batch of crystals with any potential (host entry point; jitted inside).
@@ -578,6 +636,11 @@ def relax(
       mesh: a :func:`jaxcsp.parallel.batch_mesh` to split the batch over several devices
         (data parallel; padded to a multiple of the mesh size with rows that never move,
         trimmed from the result). Results do not depend on it.
+      max_uncertainty: stop a structure (status ``"uncertain"``) at its last point whose
+        uncertainty (the potential's ``uncertainty_fn``, e.g. an ensemble's relative force
+        spread ``U``) is at most this; a structure already above it at the start does not
+        move. Needs a potential with an ``uncertainty_fn``
+        (:meth:`jaxcsp.models.MLFFEnsemble.potential`). ``None``: no such stop.
       **options: optimizer hyperparameters (e.g. ``maxstep``, ``c1``, ``dt``).
 
     Returns:
@@ -588,7 +651,8 @@ def relax(
 
     Raises:
       InvalidStructureError: an element the potential does not cover (naming the structure).
-      InvalidArgumentError: ``fmax``/``symprec`` not positive and finite, ``pressure`` not
+      InvalidArgumentError: ``max_uncertainty`` not positive or the potential has no
+        ``uncertainty_fn``; ``fmax``/``symprec`` not positive and finite, ``pressure`` not
         finite, ``max_steps``/``chunk`` not an integer >= 1, ``min_batch`` negative.
       JaxcspError: unknown method or cell filter.
     """
@@ -605,6 +669,17 @@ def relax(
         min_batch=min_batch,
         **({"symprec": symprec} if symmetric else {}),
     )
+    if max_uncertainty is not None:
+        from jaxcsp.errors import InvalidArgumentError, check_real
+
+        check_real("max_uncertainty", max_uncertainty)
+        if getattr(potential, "uncertainty_fn", None) is None:
+            raise InvalidArgumentError(
+                f"max_uncertainty needs a potential with an uncertainty_fn (an ensemble); "
+                f"{getattr(potential, 'name', potential)!r} has none",
+                argument="max_uncertainty",
+                value=max_uncertainty,
+            )
     check_species(potential, crystals)
     overlapping = np.array([e is not None for e in find_overlaps(crystals)], bool)
     n_real = int(crystals.batch_size)
@@ -633,6 +708,7 @@ def relax(
         min_batch=min_batch,
         invalid=overlapping,
         mesh=mesh,
+        max_uncertainty=max_uncertainty,
     )
     res = result_from_state(
         state, crystals_from_dofs(state.x, data, cell_filter), potential, neighbor_method

@@ -89,6 +89,10 @@ class Potential:
         options)`` returning the ``(B,)`` energies of a batch at once, equal to
         ``vmap(energy_fn)`` up to floating-point summation order (a model may process the batch
         as one graph, e.g. to skip padded neighbor slots). Used by :meth:`energies`.
+      uncertainty_fn: optional static callable ``uncertainty_fn(params, crystals, neighbors,
+        options)`` returning a ``(B,)`` dimensionless uncertainty of the prediction for a batch
+        (e.g. an ensemble's relative force spread); :func:`jaxcsp.optimize.relax` stops a
+        structure when it exceeds ``max_uncertainty``. Used by :meth:`uncertainties`.
     """
 
     energy_fn: EnergyFn = dataclasses.field(metadata=dict(static=True))
@@ -98,6 +102,7 @@ class Potential:
     options: Any = dataclasses.field(default=None, metadata=dict(static=True))
     name: str = dataclasses.field(default="potential", metadata=dict(static=True))
     batch_energy_fn: Any = dataclasses.field(default=None, metadata=dict(static=True))
+    uncertainty_fn: Any = dataclasses.field(default=None, metadata=dict(static=True))
 
     def energy(self, crystal: Crystals, neighbors: Any = None) -> Array:
         """Energy of ONE crystal in eV, ``()`` (float dtype of the crystal, ≥ float32).
@@ -120,6 +125,14 @@ class Potential:
         if neighbors is None:
             return jax.vmap(lambda c: self.energy(c, None))(crystals)
         return jax.vmap(self.energy)(crystals, neighbors)
+
+    def uncertainties(self, crystals: Crystals, neighbors: Any = None) -> Array:
+        """Uncertainty of the prediction for a BATCH, ``(B,)`` (dimensionless); only for
+        potentials with an ``uncertainty_fn`` (e.g. :meth:`jaxcsp.models.MLFFEnsemble.potential`).
+        """
+        if self.uncertainty_fn is None:
+            raise TypeError(f"potential {self.name!r} has no uncertainty_fn")
+        return self.uncertainty_fn(self.params, crystals, neighbors, self.options)
 
     def replace(self, **changes: Any) -> Potential:
         """Copy with some fields replaced (e.g. new ``params`` during training)."""

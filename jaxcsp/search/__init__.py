@@ -13,6 +13,7 @@ search to the same result.
 'random'
 """
 
+from jaxcsp.search._active import active_learning, cluster_labels, lowest_clusters
 from jaxcsp.search._base import (
     Evaluation,
     InvalidSearchError,
@@ -67,9 +68,11 @@ __all__ = [
     "SearchResult",
     "SearchState",
     "Tier",
+    "active_learning",
     "basin_hopping",
     "best_vs_calls",
     "check_setup",
+    "cluster_labels",
     "crysim_encoding",
     "crysim_length_range",
     "crysim_search",
@@ -81,6 +84,7 @@ __all__ = [
     "encode",
     "evaluate",
     "fingerprints",
+    "lowest_clusters",
     "plot_search",
     "pool_generator",
     "prefilter_pairs",

@@ -143,11 +143,15 @@ class Proposal:
         bools, integers or floats, written into each candidate's database row as key-value
         pairs (e.g. the dual-level loop's ``round``, ``loss``, ``candidate``). Names must not
         clash with the driver's own keys (``iteration``, ``method``, ``status``, ...).
+      final: static; ``True`` when the method has finished (its own stopping criterion, e.g.
+        active learning's validation of its lowest clusters): the driver evaluates this
+        proposal and stops.
     """
 
     crystals: Crystals
     relax: bool = dataclasses.field(default=True, metadata=dict(static=True))
     info: Mapping[str, Any] | None = None
+    final: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     @property
     def size(self) -> int:
@@ -169,6 +173,10 @@ class Evaluation:
       status: ``(P,) int32`` status codes (:data:`jaxcsp.optimize.STATUS_NAMES`).
       oracle_calls: ``(P,) int64`` oracle energy/force evaluations spent on each candidate.
       tier_calls: ``(P, T) int64`` evaluations of each cheap tier.
+      forces: ``(P, N, 3)`` oracle forces in eV/Å of each entry's structure (``NaN`` where the
+        database row holds none, zero on padding), or ``None`` when no entry has any; single
+        points (``Proposal(relax=False)``) always have them (the labels of active learning).
+      stress: ``(P, 3, 3)`` oracle stress in eV/Å³ (``NaN`` where unknown), or ``None``.
     """
 
     ids: Array
@@ -179,6 +187,8 @@ class Evaluation:
     status: Array
     oracle_calls: Array
     tier_calls: Array
+    forces: Array | None = None
+    stress: Array | None = None
 
     @property
     def size(self) -> int:
@@ -215,6 +225,16 @@ class Evaluation:
             ]
         )
         fields["crystals"] = concatenate([p.crystals for p in parts])
+        if any(p.forces is not None for p in parts):
+            n = int(fields["crystals"].frac.shape[1])
+            forces, stress = [], []
+            for p in parts:
+                k, m = p.size, int(p.crystals.frac.shape[1])
+                f = np.full((k, m, 3), np.nan) if p.forces is None else np.asarray(p.forces)
+                forces.append(np.pad(f, ((0, 0), (0, n - m), (0, 0))))
+                stress.append(np.full((k, 3, 3), np.nan) if p.stress is None else p.stress)
+            fields["forces"] = jnp.asarray(np.concatenate(forces))
+            fields["stress"] = jnp.asarray(np.concatenate([np.asarray(x) for x in stress]))
         return Evaluation(**fields)
 
 

@@ -153,10 +153,19 @@ def _evaluation_from_rows(
     n = proposal.crystals.frac.shape[1]  # atom slots of the proposal
     dtype = proposal.crystals.lattice.dtype
     atoms, energy, status, calls, tiers = [], [], [], [], []
+    forces = np.full((len(ids), n, 3), np.nan)
+    stress = np.full((len(ids), 3, 3), np.nan)
     for k, i in enumerate(ids):
         r = rows[int(i)]
         a = r.toatoms()
         atoms.append(a)
+        f, s = r.get("forces"), r.get("stress")
+        if f is not None and len(f) <= n:
+            forces[k, : len(f)] = f
+            forces[k, len(f) :] = 0.0
+        if s is not None and np.size(s) == 6:
+            xx, yy, zz, yz, xz, xy = np.asarray(s, np.float64)
+            stress[k] = [[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]]
         e = r.get("energy")
         ok = e is not None and r.get("status") in ("converged", "max_steps", "single_point")
         energy.append(float(e) if ok else np.nan)
@@ -206,6 +215,8 @@ def _evaluation_from_rows(
         status=jnp.asarray(status, jnp.int32),
         oracle_calls=jnp.asarray(calls),
         tier_calls=jnp.asarray(np.asarray(tiers, np.int64).reshape(len(ids), len(tier_names))),
+        forces=jnp.asarray(forces, dtype),
+        stress=jnp.asarray(stress, dtype),
     )
 
 
@@ -663,6 +674,7 @@ def run(
                 (max_iterations is not None and it + 1 >= max_iterations)
                 or (oracle.budget is not None and done_calls >= oracle.budget)
                 or (stop_at_reference and bool(matches.any()))
+                or proposal.final  # the method's own stopping criterion
             )
             if stop:
                 state = record(state, ev)
