@@ -47,6 +47,10 @@ def test_run_refuses_before_compute(tmp_path):
         (["--method", "basin", "--init", "cvae"], "pool:FILE"),
         (["--method", "basin", "--init", "pool:/no/such.extxyz"], "no such file"),
         (["--method", "crysim", "--spg", "1"], "spg"),
+        (["--method", "active", "--spg", "1"], "spg"),
+        (["--method", "active", "--n-search", "0"], "n_search"),
+        (["--method", "active", "--batch-size", "200"], "batch_size"),
+        (["--method", "active", "--baseline-budget", "0"], "baseline_budget"),
     ],
 )
 def test_cli_search_bad_input_is_one_line_before_compute(tmp_path, capsys, option, match):

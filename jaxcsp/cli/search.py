@@ -395,6 +395,8 @@ def run(args: argparse.Namespace) -> int:
     max_iterations = args.max_iterations
     if args.method == "active":
         batch = 32 if args.batch_size is None else args.batch_size
+        if args.baseline_budget is not None:
+            check_int("baseline_budget", args.baseline_budget)
         if "spg" in rules:
             raise search.InvalidSearchError(
                 "active learning draws its own pools (P1 training cells, symmetric candidates)",
@@ -475,7 +477,6 @@ def run(args: argparse.Namespace) -> int:
     if compare and args.method == "active":
         # the method stops itself; the baseline relaxes random structures on the oracle until
         # it finds the reference (or spends its budget): the calls a user would pay instead
-        check_int("baseline_budget", args.baseline_budget or 1)
         b_budget = args.baseline_budget or 20 * max(1, m["oracle_calls"])
         baseline = search.run(
             search.random_search(64 if args.batch_size is None else batch, **rules),
