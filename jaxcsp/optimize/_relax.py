@@ -217,9 +217,14 @@ def _uncertainty(potential, spec, cell_filter, x, data):
 
 def _rows(mask, a, b):
     """Per-structure select over every leaf of two states: ``a`` where ``mask`` (B,), else b."""
-    return jax.tree_util.tree_map(
-        lambda u, v: jnp.where(mask.reshape((-1,) + (1,) * (u.ndim - 1)), u, v), a, b
-    )
+    b_size = mask.shape[0]
+
+    def pick(u, v):
+        if u.ndim == 0 or u.shape[0] != b_size:  # a batch-wide leaf: the new state's
+            return v
+        return jnp.where(mask.reshape((-1,) + (1,) * (u.ndim - 1)), u, v)
+
+    return jax.tree_util.tree_map(pick, a, b)
 
 
 @functools.partial(jax.jit, static_argnames=("cell_filter",))
