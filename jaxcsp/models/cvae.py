@@ -48,6 +48,7 @@ from jaxcsp.errors import (
     JaxcspError,
     StructureFileError,
 )
+from jaxcsp.models._checkpoint import restore_msgpack, write_msgpack
 from jaxcsp.models.gmm import GMMTransform, fit_gmm_transform
 
 __all__ = [
@@ -727,22 +728,13 @@ def _np_tree(tree):
     return jax.tree.map(np.asarray, flax.serialization.to_state_dict(tree))
 
 
-def _write(path, state: dict) -> None:
-    data = flax.serialization.msgpack_serialize(state)
-    path = os.fspath(path)
-    tmp = f"{path}.partial"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _write_state(path, config, train_state, transform, seen, species, module) -> None:
     st = dict(train_state)
     st["params"] = _np_tree(st["params"])
     st["best"] = _np_tree(st["best"])
     st["opt_state"] = _np_tree(st["opt_state"])
     st["key"] = np.asarray(st["key"])
-    _write(
+    write_msgpack(
         path,
         {
             "format": _FORMAT,
@@ -765,14 +757,7 @@ def _read(path) -> dict:
         raise StructureFileError(
             f"cannot read CVAE checkpoint ({exc.strerror or exc})", path=os.fspath(path)
         ) from exc
-    try:
-        state = flax.serialization.msgpack_restore(data)
-    except Exception as exc:
-        raise JaxcspError(f"{os.fspath(path)}: not a msgpack CVAE checkpoint ({exc})") from exc
-    if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        raise JaxcspError(f"{os.fspath(path)}: not a jaxcsp CVAE checkpoint")
-    if state.get("version") != _VERSION:
-        raise JaxcspError(f"{os.fspath(path)}: unknown CVAE checkpoint version {state['version']}")
+    state = restore_msgpack(data, path, fmt=_FORMAT, version=_VERSION, what="CVAE")
     return state
 
 
@@ -810,7 +795,7 @@ def save_cvae(path: str | os.PathLike, model: CVAEModel) -> None:
         "seconds": 0.0 if h is None else float(h.seconds),
         "validation": np.zeros(0, int) if h is None else np.asarray(h.validation),
     }
-    _write(
+    write_msgpack(
         path,
         {
             "format": _FORMAT,

@@ -46,13 +46,13 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcsp.errors import InvalidArgumentError, JaxcspError, check_int, check_real
+from jaxcsp.errors import InvalidArgumentError, check_int, check_real
+from jaxcsp.models._checkpoint import restore_msgpack, write_msgpack
 
 __all__ = [
     "FMHistory",
@@ -581,12 +581,7 @@ def save_fm(path: str | os.PathLike, model: FMModel) -> None:
         state["history"] = {
             k: (np.asarray(v) if isinstance(v, np.ndarray) else int(v)) for k, v in hist.items()
         }
-    data = flax.serialization.msgpack_serialize(state)
-    path = os.fspath(path)
-    tmp = f"{path}.partial"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    write_msgpack(path, state)
 
 
 def load_fm(path: str | os.PathLike) -> FMModel:
@@ -598,14 +593,7 @@ def load_fm(path: str | os.PathLike) -> FMModel:
     """
     with open(path, "rb") as f:
         data = f.read()
-    try:
-        state = flax.serialization.msgpack_restore(data)
-    except Exception as exc:
-        raise JaxcspError(f"{os.fspath(path)}: not a msgpack FM checkpoint ({exc})") from exc
-    if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        raise JaxcspError(f"{os.fspath(path)}: not a jaxcsp FM checkpoint")
-    if state.get("version") != _VERSION:
-        raise JaxcspError(f"{os.fspath(path)}: unknown FM checkpoint version {state['version']}")
+    state = restore_msgpack(data, path, fmt=_FORMAT, version=_VERSION, what="FM")
     params = {k: jnp.asarray(v) for k, v in state["params"].items()}
     history = None
     if "history" in state:

@@ -53,14 +53,14 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from jaxcsp.crystal import Crystals
-from jaxcsp.errors import InvalidStructureError, JaxcspError, check_int, check_real
+from jaxcsp.errors import InvalidStructureError, check_int, check_real
+from jaxcsp.models._checkpoint import restore_msgpack, write_msgpack
 
 __all__ = [
     "EnsembleHistory",
@@ -803,12 +803,7 @@ def save_ensemble(path: str | os.PathLike, ensemble: MLFFEnsemble) -> None:
         "config": dict(ensemble.config._asdict()),
         "params": jax.tree.map(np.asarray, ensemble.params),
     }
-    data = flax.serialization.msgpack_serialize(state)
-    path = os.fspath(path)
-    tmp = f"{path}.partial"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    write_msgpack(path, state)
 
 
 def load_ensemble(path: str | os.PathLike) -> MLFFEnsemble:
@@ -820,14 +815,7 @@ def load_ensemble(path: str | os.PathLike) -> MLFFEnsemble:
     """
     with open(path, "rb") as f:
         raw = f.read()
-    try:
-        state = flax.serialization.msgpack_restore(raw)
-    except Exception as exc:
-        raise JaxcspError(f"{os.fspath(path)}: not a msgpack ensemble checkpoint ({exc})") from exc
-    if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        raise JaxcspError(f"{os.fspath(path)}: not a jaxcsp ensemble checkpoint")
-    if state.get("version") != _VERSION:
-        raise JaxcspError(f"{os.fspath(path)}: unknown ensemble version {state.get('version')}")
+    state = restore_msgpack(raw, path, fmt=_FORMAT, version=_VERSION, what="ensemble")
     cfg = state["config"]
     config = MLFFConfig(
         int(cfg["features"]), int(cfg["num_interactions"]), int(cfg["num_rbf"]),
