@@ -16,7 +16,10 @@ Contract:
 * Multi-host: call :func:`jax.distributed.initialize` first in every process; :func:`batch_mesh`
   with no argument then spans ``jax.devices()`` of all hosts.
 * Test on CPU with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (set before importing
-  JAX): eight virtual devices give the same results as one (``tests/test_parallel.py``).
+  JAX): eight virtual devices give the same single points as one, bit for bit, and the same
+  relaxations up to summation order (XLA compiles the per-device shape apart from the whole
+  batch; a line search can turn a 1e-11 eV difference into a different step count on a few
+  rows) (``tests/test_parallel.py``).
 
 >>> mesh = batch_mesh()
 >>> mesh.axis_names, mesh.size == len(jax.devices())
