@@ -215,3 +215,33 @@ def test_neighbor_shapes_are_reused_across_batches():
     for c in batches[:2]:  # the reused shapes really hold every neighbor
         spec = _relax._spec_for(pot, c, method="auto")
         assert not bool(np.any(np.asarray(nb.update(spec, c).overflow)))
+
+
+def test_energy_floor_stops_the_buckingham_catastrophe():
+    """Two O atoms past the barrier of Catlow's O–O Buckingham term (0.75 Å; the barrier is
+    near 0.9 Å) fall into ``-C/r⁶``: the energy floor stops the relaxation as exploded at its
+    last point above the floor; without it the energy runs away; a start below it never moves.
+    """
+    from jaxcsp.crystal import Crystals
+
+    pot = jc.potentials.buckingham({("O", "O"): (22764.0, 0.149, 27.88)}, cutoff=6.0)
+    frac = np.array([[[0.0, 0.0, 0.0], [0.75 / 7.0, 0.0, 0.0]], [[0.0, 0.0, 0.0], [0.2 / 7, 0, 0]]])
+    c = Crystals(
+        lattice=np.tile(7.0 * np.eye(3), (2, 1, 1)),
+        frac=frac,
+        species=np.full((2, 2), 8, np.int32),
+        mask=np.ones((2, 2), bool),
+    )
+    e0 = np.asarray(jc.calculate(pot, c).energy) / 2
+    assert -1000.0 < e0[0] < 0.0 and e0[1] < -1000.0  # the second starts in the hole
+    kw = dict(fmax=0.05, max_steps=200, min_batch=0)
+    res = relax(c, pot, **kw)
+    assert [jc.optimize.STATUS_NAMES[int(s)] for s in res.status] == ["exploded", "exploded"]
+    e = np.asarray(res.energy) / 2
+    assert -1000.0 <= e[0] <= e0[0]  # kept its last point above the floor
+    np.testing.assert_allclose(e[1], e0[1], rtol=1e-12)  # below the floor at the start: no move
+    assert int(res.steps[1]) == 0
+    free = relax(c.take(np.array([0])), pot, min_energy_per_atom=None, **kw)
+    assert float(free.energy[0]) / 2 < -1000.0 or not np.isfinite(float(free.energy[0]))
+    with pytest.raises(jc.errors.InvalidArgumentError, match="min_energy_per_atom"):
+        relax(c, pot, min_energy_per_atom=float("nan"))

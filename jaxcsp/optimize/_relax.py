@@ -35,7 +35,14 @@ import jax.scipy.linalg
 import numpy as np
 
 from jaxcsp.crystal import Crystals
-from jaxcsp.optimize._base import INVALID, RUNNING, STATUS_NAMES, UNCERTAIN, masked_fmax
+from jaxcsp.optimize._base import (
+    EXPLODED,
+    INVALID,
+    RUNNING,
+    STATUS_NAMES,
+    UNCERTAIN,
+    masked_fmax,
+)
 from jaxcsp.optimize._bfgs import bfgs_linesearch
 from jaxcsp.optimize._fire import fire, lbfgs
 from jaxcsp.optimize._wyckoff_dofs import crystals_from_wyckoff_dofs
@@ -239,8 +246,8 @@ def _check_start(state, data, potential, spec, max_uncertainty, *, cell_filter):
     jax.jit, static_argnames=("method", "options", "cell_filter", "n_steps", "guarded")
 )
 def _run(
-    state, data, potential, spec, max_uncertainty=None, *, method, options, cell_filter, n_steps,
-    guarded=False,
+    state, data, potential, spec, max_uncertainty=None, energy_floor=None, *, method, options,
+    cell_filter, n_steps, guarded=False,
 ):  # fmt: skip
     opt = make_optimizer(method, _objective(potential, spec, cell_filter), dict(options))
 
@@ -265,11 +272,25 @@ def _run(
             overflow=new.overflow,
         )
 
+    def floor(st, new):
+        # an accepted point below the energy floor (a learned potential's hole: atoms falling
+        # into one another, the energy without bound) keeps its previous point and stops
+        # as exploded, before the collapsing cell needs ever larger neighbor lists
+        low = (new.steps > st.steps) & (st.status == RUNNING) & (new.energy < energy_floor)
+        kept = _rows(low, st, new)
+        return kept._replace(
+            status=jnp.where(low, EXPLODED, kept.status),
+            force_calls=new.force_calls,
+            overflow=new.overflow,
+        )
+
     def body(carry):
         i, st, _ = carry
         new = opt.step_fn(st, data)
         if guarded:
             new = guard(st, new)
+        if energy_floor is not None:
+            new = floor(st, new)
         bad = jnp.any(new.overflow)
         # a step whose neighbor list overflowed is discarded (its numbers are incomplete); the
         # loop stops at the last good state, flagged with the failed step's overflow
@@ -475,8 +496,13 @@ def drive(
     invalid: Any = None,
     mesh: Any = None,
     max_uncertainty: float | None = None,
+    min_energy_per_atom: float | None = None,
 ):
     """Run an optimizer from ``x0`` until every structure stops (host loop over jitted chunks).
+
+    ``min_energy_per_atom`` (optional, eV/atom): a structure whose newly accepted point has an
+    objective per atom (energy, plus ``pV`` with a cell filter) below it stops with status
+    ``EXPLODED`` at its previous point; one that starts below it does not move.
 
     ``max_uncertainty`` (optional, needs a potential with an ``uncertainty_fn``): a structure
     whose starting point, or a newly accepted point, has an uncertainty above it stops with
@@ -527,6 +553,14 @@ def drive(
         state = state._replace(status=jnp.asarray(status))
     guarded = max_uncertainty is not None
     mu = jnp.asarray(max_uncertainty if guarded else 0.0, x0.dtype)
+    floor_full = None  # (B,) eV: the floor times each structure's atom count
+    if min_energy_per_atom is not None:
+        n_atoms = np.asarray(crystals.num_atoms, np.float64)
+        floor_full = place(jnp.asarray(float(min_energy_per_atom) * n_atoms, x0.dtype))
+        # a start already below the floor does not move
+        low = (state.status == RUNNING) & (state.energy < floor_full)
+        state = state._replace(status=jnp.where(low, EXPLODED, state.status))
+    floor = floor_full
     if guarded:
         state = _check_start(state, data, potential, spec, mu, cell_filter=mode)
     total = int(x0.shape[0])
@@ -557,13 +591,17 @@ def drive(
             fill = np.nonzero(stopped)[0][: target - len(run_rows)]
             idx = jnp.asarray(np.concatenate([run_rows, fill]), jnp.int32)
             state, work_data = place(_gather(full, idx)), place(_gather(data, idx))
+            if floor_full is not None:
+                floor = place(floor_full[idx])
             # the new working batch compiles anyway: re-choose the neighbor shapes for the
             # structures it holds now, with the base head-room (grown head-room is kept only
             # while the batch that needed it runs)
             growth = 1.0
             current = crystals_from_dofs(state.x, work_data, mode)
             spec = _spec_for(potential, current, method=neighbor_method)
-        new = _run(state, work_data, potential, spec, mu, n_steps=chunk, guarded=guarded, **kw)
+        new = _run(
+            state, work_data, potential, spec, mu, floor, n_steps=chunk, guarded=guarded, **kw
+        )
         state, spec, growth = _after_chunk(
             state, new, work_data, potential, spec, growth, mode, neighbor_method
         )
@@ -617,6 +655,7 @@ def relax(
     min_batch: int = 32,
     mesh: Any = None,
     max_uncertainty: float | None = None,
+    min_energy_per_atom: float | None = -1000.0,
     **options: Any,
 ) -> RelaxResult:
     """Relax a batch of crystals with any potential (host entry point; jitted inside).
@@ -646,6 +685,14 @@ def relax(
         spread ``U``) is at most this; a structure already above it at the start does not
         move. Needs a potential with an ``uncertainty_fn``
         (:meth:`jaxcsp.models.MLFFEnsemble.potential`). ``None``: no such stop.
+      min_energy_per_atom: eV/atom. A structure whose newly accepted point lies below it
+        (energy per atom, plus ``pV`` per atom with a cell filter) stops with status
+        ``"exploded"`` at its previous point (a start below it does not move): a learned
+        potential's hole or the Buckingham catastrophe, where atoms fall
+        into one another, the energy drops without bound and the collapsing cell would need
+        ever larger neighbor lists (e.g. SevenNet-0 from a random SiO2 start with O–O at
+        0.7 Å: -8.5e13 eV/atom and 570 neighbors per atom after 200 steps). The default
+        -1000 eV/atom is far below any cohesive energy; ``None``: no floor.
       **options: optimizer hyperparameters (e.g. ``maxstep``, ``c1``, ``dt``).
 
     Returns:
@@ -658,7 +705,8 @@ def relax(
       InvalidStructureError: an element the potential does not cover (naming the structure).
       InvalidArgumentError: ``max_uncertainty`` not positive or the potential has no
         ``uncertainty_fn``; ``fmax``/``symprec`` not positive and finite, ``pressure`` not
-        finite, ``max_steps``/``chunk`` not an integer >= 1, ``min_batch`` negative.
+        finite, ``max_steps``/``chunk`` not an integer >= 1, ``min_batch`` negative,
+        ``min_energy_per_atom`` not finite.
       JaxcspError: unknown method or cell filter.
     """
     from jaxcsp.crystal import find_overlaps
@@ -685,6 +733,10 @@ def relax(
                 argument="max_uncertainty",
                 value=max_uncertainty,
             )
+    if min_energy_per_atom is not None:
+        from jaxcsp.errors import check_real
+
+        check_real("min_energy_per_atom", min_energy_per_atom, positive=False, unit="eV/atom")
     check_species(potential, crystals)
     overlapping = np.array([e is not None for e in find_overlaps(crystals)], bool)
     n_real = int(crystals.batch_size)
@@ -714,6 +766,7 @@ def relax(
         invalid=overlapping,
         mesh=mesh,
         max_uncertainty=max_uncertainty,
+        min_energy_per_atom=min_energy_per_atom,
     )
     res = result_from_state(
         state, crystals_from_dofs(state.x, data, cell_filter), potential, neighbor_method

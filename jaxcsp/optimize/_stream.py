@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcsp.crystal import Crystals
-from jaxcsp.errors import InvalidStructureError, JaxcspError
-from jaxcsp.optimize._base import RUNNING, STATUS_NAMES, masked_fmax
+from jaxcsp.errors import InvalidStructureError, JaxcspError, check_real
+from jaxcsp.optimize._base import EXPLODED, RUNNING, STATUS_NAMES, masked_fmax
 from jaxcsp.optimize._relax import (
     _after_chunk,
     _check_args,
@@ -244,6 +244,7 @@ def relax_stream(
     progress: bool = True,
     input_ids: Any = None,
     key_value_pairs: dict | None = None,
+    min_energy_per_atom: float | None = -1000.0,
     **options: Any,
 ) -> StreamSummary:
     """Relax every structure of ``source`` with continuous batching, writing rows as they finish.
@@ -265,6 +266,9 @@ def relax_stream(
       key_value_pairs: extra key-value pairs (str, bool or number) written into every row
         of this call, e.g. ``{"method": "random", "iteration": 3}``, or a sequence of such
         dicts, one per input.
+      min_energy_per_atom: energy floor in eV/atom, as in :func:`jaxcsp.optimize.relax`: a
+        structure that falls below it is written with status ``"exploded"`` at its last
+        point above it; ``None``: no floor.
       **options: optimizer hyperparameters.
 
     Returns:
@@ -273,7 +277,7 @@ def relax_stream(
     Raises:
       StructureFileError: unreadable source or unusable database path.
       InvalidArgumentError: a numeric argument out of range (``fmax``, ``max_steps``,
-        ``pressure``, ``max_atoms``, ``refill_every``).
+        ``pressure``, ``max_atoms``, ``refill_every``, ``min_energy_per_atom``).
       InvalidStructureError: an input holds an element the potential does not cover
         (``index`` = its input id).
       JaxcspError: bad arguments, or a database that holds rows of a different source.
@@ -289,6 +293,14 @@ def relax_stream(
         max_atoms=max_atoms,
         refill_every=refill_every,
     )
+    floor_per_atom = None
+    if min_energy_per_atom is not None:
+        floor_per_atom = float(check_real("min_energy_per_atom", min_energy_per_atom,
+                                          positive=False, unit="eV/atom"))  # fmt: skip
+
+    def _floor(data):  # (slots,) eV: the floor times each lane's atom count
+        return floor_per_atom * jnp.sum(data.mask, axis=1).astype(data.lattice0.dtype)
+
     t0 = time.perf_counter()
     images = _load_source(source)
     con = connect_db(db)
@@ -340,6 +352,9 @@ def relax_stream(
             data = make_data(batch, pressure=pressure)
             x0, row_mask = initial_dofs(batch, cell_filter)
             st = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
+            if floor_per_atom is not None:  # a start below the energy floor does not move
+                low = (st.status == RUNNING) & (st.energy < _floor(data))
+                st = st._replace(status=jnp.where(low, EXPLODED, st.status))
             return data, st
 
         data, state = start(batch, spec)
@@ -422,7 +437,8 @@ def relax_stream(
             if release_compiled_programs():  # near the map cap: cached programs were dropped
                 compiles += sizes - before
                 before = 0
-            new = _run(state, data, potential, spec, n_steps=refill_every, **kw)
+            floor = None if floor_per_atom is None else _floor(data)
+            new = _run(state, data, potential, spec, None, floor, n_steps=refill_every, **kw)
             state, spec, growth = _after_chunk(
                 state, new, data, potential, spec, growth, cell_filter, neighbor_method
             )
