@@ -573,6 +573,11 @@ def _fit(keys, net, stats, crystals, neighbors, energy, forces, stress, n, hyper
     n_batches = -(-n_pad // batch_size)
     slots = jnp.arange(n_batches * batch_size).reshape(n_batches, batch_size)
     plateau = jnp.maximum(patience // 4, 1)
+    # the same training-set size for every member (each draws its own split), computed outside
+    # the vmap: the minibatch mask stays unbatched, so the padding minibatches are skipped by
+    # a real branch instead of computed and discarded by a select
+    n_tr = n - n_val
+    mask = (slots < n_tr).astype(dtype)
 
     def losses(p, rows):
         c = crystals.take(rows)
@@ -591,8 +596,6 @@ def _fit(keys, net, stats, crystals, neighbors, energy, forces, stress, n, hyper
         pos = jnp.zeros((n_pad,), jnp.int32).at[perm].set(idx.astype(jnp.int32))
         train_w = valid & (pos >= n_val)
         val_w = jnp.where(n_val > 0, valid & (pos < n_val), valid).astype(dtype)
-        n_tr = jnp.sum(train_w)
-        mask = (slots < n_tr).astype(dtype)
         opt = optax.inject_hyperparams(optax.adam)(learning_rate=lr0)
 
         def batch_loss(p, rows, mb):
