@@ -94,6 +94,19 @@ def test_forces_and_stress_are_derivatives_of_the_energy(trained):
             assert float(res.stress[b, a, bb]) == pytest.approx(sd, rel=1e-5, abs=1e-8)
 
 
+def test_float32_arithmetic_agrees_with_float64(trained):
+    ens = trained[0]
+    c = trained[2].take(np.arange(2))
+    full = jc.calculate(ens.potential(), c)
+    fast = jc.calculate(ens.with_compute_dtype("float32").potential(), c)
+    assert fast.energy.dtype == full.energy.dtype == jnp.float64  # geometry and sums stay f64
+    np.testing.assert_allclose(fast.energy, full.energy, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(fast.forces, full.forces, atol=1e-4)
+    assert not np.array_equal(np.asarray(fast.forces), np.asarray(full.forces))  # it is f32
+    with pytest.raises(InvalidArgumentError, match="compute_dtype"):
+        ens.with_compute_dtype("int8")
+
+
 def test_energy_invariant_under_rotation_translation_permutation(trained):
     ens = trained[0]
     c = trained[2].take(np.arange(3))

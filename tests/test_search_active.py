@@ -43,6 +43,8 @@ def test_bad_settings_are_refused():
         search.active_learning(8, 8, 4, n_initial=9)
     with pytest.raises(search.InvalidSearchError, match="max_uncertainty"):
         search.active_learning(8, 8, 4, max_uncertainty=-1)
+    with pytest.raises(search.InvalidSearchError, match="compute_dtype"):
+        search.active_learning(8, 8, 4, compute_dtype="float16")
 
 
 @pytest.mark.slow
