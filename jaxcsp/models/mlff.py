@@ -326,8 +326,8 @@ class MLFFEnsemble:
       compute_dtype: ``None`` (the network runs in the input's precision: float64 inputs give
         float64 energies whose derivatives match finite differences) or ``"float32"`` (the
         network's arithmetic in float32, as it was trained; geometry, the per-species shifts
-        and the sums stay in the input's precision; about twice as fast on CPU, force
-        round-off ~1e-6 eV/Å, enough for relaxations to 0.05 eV/Å). Set it with
+        and the sums stay in the input's precision; about twice as fast on CPU, forces
+        within 1e-4 eV/Å of float64, enough for relaxations to 0.05 eV/Å). Set it with
         :meth:`with_compute_dtype`.
     """
 
