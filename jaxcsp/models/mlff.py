@@ -349,7 +349,10 @@ class MLFFEnsemble:
     def with_compute_dtype(self, dtype: Any) -> MLFFEnsemble:
         """The same ensemble evaluated with the network's arithmetic in ``dtype`` (``None``: the
         input's precision; ``"float32"``); see :attr:`compute_dtype`."""
-        name = None if dtype is None else jnp.dtype(dtype).name
+        try:
+            name = None if dtype is None else jnp.dtype(dtype).name
+        except TypeError:  # not a dtype at all
+            name = "invalid"
         if name not in (None, "float32", "float64"):
             from jaxcsp.errors import InvalidArgumentError
 

@@ -234,6 +234,24 @@ def _rows(mask, a, b):
     return jax.tree_util.tree_map(pick, a, b)
 
 
+def _stop_at_previous(halt, st, new, status):
+    """Rows ``halt`` (B,) keep their point of ``st`` and stop with ``status``; the rejected
+    point was evaluated, so its force calls count, and ``new``'s overflow flags stand."""
+    kept = _rows(halt, st, new)
+    return kept._replace(
+        status=jnp.where(halt, status, kept.status),
+        force_calls=new.force_calls,
+        overflow=new.overflow,
+    )
+
+
+def _below_floor_at_start(state, floor):
+    """Running structures whose starting objective is already below ``floor`` (B,) eV stop
+    as ``EXPLODED`` without moving."""
+    low = (state.status == RUNNING) & (state.energy < floor)
+    return state._replace(status=jnp.where(low, EXPLODED, state.status))
+
+
 @functools.partial(jax.jit, static_argnames=("cell_filter",))
 def _check_start(state, data, potential, spec, max_uncertainty, *, cell_filter):
     """Mark running structures whose starting point is already too uncertain ``UNCERTAIN``."""
@@ -265,24 +283,14 @@ def _run(
             return moved & ~(u <= max_uncertainty)
 
         halt = jax.lax.cond(jnp.any(moved), check, lambda _: jnp.zeros_like(moved), None)
-        kept = _rows(halt, st, new)
-        return kept._replace(
-            status=jnp.where(halt, UNCERTAIN, kept.status),
-            force_calls=new.force_calls,  # the rejected point was evaluated: it counts
-            overflow=new.overflow,
-        )
+        return _stop_at_previous(halt, st, new, UNCERTAIN)
 
     def floor(st, new):
         # an accepted point below the energy floor (a learned potential's hole: atoms falling
         # into one another, the energy without bound) keeps its previous point and stops
         # as exploded, before the collapsing cell needs ever larger neighbor lists
         low = (new.steps > st.steps) & (st.status == RUNNING) & (new.energy < energy_floor)
-        kept = _rows(low, st, new)
-        return kept._replace(
-            status=jnp.where(low, EXPLODED, kept.status),
-            force_calls=new.force_calls,
-            overflow=new.overflow,
-        )
+        return _stop_at_previous(low, st, new, EXPLODED)
 
     def body(carry):
         i, st, _ = carry
@@ -557,9 +565,7 @@ def drive(
     if min_energy_per_atom is not None:
         n_atoms = np.asarray(crystals.num_atoms, np.float64)
         floor_full = place(jnp.asarray(float(min_energy_per_atom) * n_atoms, x0.dtype))
-        # a start already below the floor does not move
-        low = (state.status == RUNNING) & (state.energy < floor_full)
-        state = state._replace(status=jnp.where(low, EXPLODED, state.status))
+        state = _below_floor_at_start(state, floor_full)
     floor = floor_full
     if guarded:
         state = _check_start(state, data, potential, spec, mu, cell_filter=mode)

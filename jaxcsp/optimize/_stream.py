@@ -37,9 +37,10 @@ import numpy as np
 
 from jaxcsp.crystal import Crystals
 from jaxcsp.errors import InvalidStructureError, JaxcspError, check_real
-from jaxcsp.optimize._base import EXPLODED, RUNNING, STATUS_NAMES, masked_fmax
+from jaxcsp.optimize._base import RUNNING, STATUS_NAMES, masked_fmax
 from jaxcsp.optimize._relax import (
     _after_chunk,
+    _below_floor_at_start,
     _check_args,
     _init,
     _run,
@@ -352,9 +353,8 @@ def relax_stream(
             data = make_data(batch, pressure=pressure)
             x0, row_mask = initial_dofs(batch, cell_filter)
             st = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
-            if floor_per_atom is not None:  # a start below the energy floor does not move
-                low = (st.status == RUNNING) & (st.energy < _floor(data))
-                st = st._replace(status=jnp.where(low, EXPLODED, st.status))
+            if floor_per_atom is not None:
+                st = _below_floor_at_start(st, _floor(data))
             return data, st
 
         data, state = start(batch, spec)
