@@ -28,6 +28,8 @@ import jax
 __all__ = ["Timing", "compare", "machine_info", "record", "time_fn"]
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+#: Environment variable holding the id of a ``run_all`` run (tags every recorded row).
+RUN_ENV = "JAXCSP_BENCH_RUN"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,9 +119,15 @@ def machine_info() -> dict[str, Any]:
 
 
 def record(suite: str, row: dict[str, Any]) -> None:
-    """Append ``row`` + timestamp + machine as one JSON line to ``results/<suite>.jsonl``."""
+    """Append ``row`` + timestamp + machine as one JSON line to ``results/<suite>.jsonl``.
+
+    Under ``benchmarks/run_all.py`` the line also carries the run's id (environment variable
+    ``JAXCSP_BENCH_RUN``), which is how the driver collects the rows of its run.
+    """
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     full = {"suite": suite, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **row, **machine_info()}
+    if os.environ.get(RUN_ENV):
+        full["run"] = os.environ[RUN_ENV]
     with open(RESULTS_DIR / f"{suite}.jsonl", "a") as f:
         f.write(json.dumps(full) + "\n")
 

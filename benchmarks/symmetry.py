@@ -12,13 +12,14 @@ directly rather than with ``random_crystals``.
   (``pyxtal.from_tabular_representation``, the seed's CPU path) and producing its Cartesian
   coordinates (``_get_coords_and_species(absolute=True)``). PyXtal runs one structure at a time
   in Python, so it is timed on a subset of ``PEER_SUBSET`` rows and **extrapolated linearly** to
-  ``B`` (stated in the printed case name).
+  ``B`` (stated in the printed case name). ``--batch`` sets ``B``, ``--quick`` 1,000.
 
 Run from the repository root: ``python -m benchmarks.symmetry``.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 import warnings
 
@@ -63,11 +64,16 @@ def _loss(cell, coords, wc):
     return jnp.sum(jnp.where(c.mask[..., None], jnp.sin(pos), 0.0)) + jnp.sum(c.lattice**2)
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=B, help=f"crystals ({B:,})")
+    p.add_argument("--quick", action="store_true", help="--batch 1000")
+    args = p.parse_args(argv)
+    b = 1000 if args.quick else args.batch
     t0 = time.perf_counter()
-    wc = make_batch(B)
+    wc = make_batch(b)
     print(
-        f"batch: {B} crystals, {int(np.asarray(wc.num_atoms).sum())} atoms, "
+        f"batch: {b} crystals, {int(np.asarray(wc.num_atoms).sum())} atoms, "
         f"padded N={wc.max_atoms}, S={wc.max_sites}, "
         f"built on host in {time.perf_counter() - t0:.1f} s"
     )
@@ -97,9 +103,10 @@ def main() -> None:
     )
     print("bucket N: " + ", ".join(str(b.max_atoms) for b in buckets))
 
-    rows = to_tabular(wc.take(np.arange(PEER_SUBSET)))
+    peer_n = min(PEER_SUBSET, b)
+    rows = to_tabular(wc.take(np.arange(peer_n)))
     back = from_tabular(rows, "C", max_atoms=wc.max_atoms)  # same crystals through the row format
-    assert np.array_equal(np.asarray(back.num_atoms), np.asarray(wc.num_atoms[:PEER_SUBSET]))
+    assert np.array_equal(np.asarray(back.num_atoms), np.asarray(wc.num_atoms[:peer_n]))
 
     from pyxtal import pyxtal
 
@@ -120,20 +127,20 @@ def main() -> None:
     t = time.perf_counter()
     peer_run()
     sub = min(sub, time.perf_counter() - t)
-    expected = int(np.asarray(wc.num_atoms[:PEER_SUBSET]).sum())
+    expected = int(np.asarray(wc.num_atoms[:peer_n]).sum())
     print(f"pyxtal rebuilt {n_atoms_peer} atoms on the subset (jaxcsp: {expected})")
-    scale = B / PEER_SUBSET
+    scale = b / peer_n
     peer = Timing((sub * scale,), sub * scale, 0.0)
-    extra = {"peer_subset": PEER_SUBSET, "peer_extrapolated_x": scale}
+    extra = {"peer_subset": peer_n, "peer_extrapolated_x": scale}
     cases = [
-        (f"B={B} one batch N={wc.max_atoms}, fwd", ours_fwd),
-        (f"B={B} one batch N={wc.max_atoms}, grad", ours_grad),
-        (f"B={B} {len(buckets)} size buckets, fwd", ours_bucketed),
-        (f"B={B} {len(buckets)} size buckets, grad", ours_bucketed_grad),
+        (f"B={b} one batch N={wc.max_atoms}, fwd", ours_fwd),
+        (f"B={b} one batch N={wc.max_atoms}, grad", ours_grad),
+        (f"B={b} {len(buckets)} size buckets, fwd", ours_bucketed),
+        (f"B={b} {len(buckets)} size buckets, grad", ours_bucketed_grad),
     ]
-    print(f"peer: pyxtal timed on {PEER_SUBSET} rows, x{scale:.0f} extrapolated to B={B}")
+    print(f"peer: pyxtal timed on {peer_n} rows, x{scale:.0f} extrapolated to B={b}")
     for name, timing in cases:
-        compare("symmetry", name, timing, peer, peer_name="pyxtal", units=B, extra=extra)
+        compare("symmetry", name, timing, peer, peer_name="pyxtal", units=b, extra=extra)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jaxcsp.cli import convert, dataset, design, info, relax, search, train
+from jaxcsp.cli import bench, convert, dataset, design, info, relax, search, train
 from jaxcsp.errors import JaxcspError
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 #: Registered subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = [info, convert, relax, search, design, dataset, train]
+SUBCOMMANDS = [info, convert, relax, search, design, dataset, train, bench]
 
 _DESCRIPTION = """\
 jaxcsp: differentiable crystal structure optimization and prediction in JAX.
@@ -34,6 +34,7 @@ examples:
   jaxcsp info --json candidates.db        the same as JSON lines
   jaxcsp convert in.extxyz out.db         copy every structure to an ASE database
   jaxcsp search --composition Si8         random search for silicon's lowest structures (SW)
+  jaxcsp bench --quick                    every benchmark against its peer, one table + JSON
 
 environment:
   JAXCSP_JAX_CACHE=DIR                    keep compiled programs in DIR: later runs start faster

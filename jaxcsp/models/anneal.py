@@ -235,23 +235,55 @@ def _mix32(z: Array) -> Array:
     return z ^ (z >> 16)
 
 
-def _thresholds(seed: Array, sweep: Array, num_bits: int, num_replicas: int, dtype) -> Array:
-    """``−log u`` for ``(M, R)`` uniforms ``u ∈ (0, 1]`` of one sweep, counter-based.
+def _thresholds(
+    seed: Array, sweep: Array, num_bits: int, rid: Array, num_replicas: int, dtype
+) -> Array:
+    """``−log u`` for ``(M, R_local)`` uniforms ``u ∈ (0, 1]`` of one sweep, counter-based.
 
     ``u`` hashes (seed, sweep, bit, replica): about ten integer operations per number, several
-    times cheaper than ``jax.random`` for the ``M · R`` numbers every sweep needs.
+    times cheaper than ``jax.random`` for the ``M · R`` numbers every sweep needs. ``rid``
+    ``(R_local,)`` uint32 are the global indices of the replicas held here (``arange(R)`` on
+    one device; a slice of it per device under a mesh, so every replica draws the same numbers
+    wherever it runs).
     """
     k = _mix32(seed[0] ^ _mix32(sweep.astype(jnp.uint32) + seed[1]))
-    c = jax.lax.broadcasted_iota(jnp.uint32, (num_bits, num_replicas), 0) * jnp.uint32(
-        num_replicas
-    ) + jax.lax.broadcasted_iota(jnp.uint32, (num_bits, num_replicas), 1)
+    c = (
+        jax.lax.broadcasted_iota(jnp.uint32, (num_bits, rid.shape[0]), 0) * jnp.uint32(num_replicas)
+        + rid[None, :]
+    )
     bits = _mix32(_mix32(c ^ k) + k)
     u = ((bits >> 8).astype(jnp.float32) + 1.0) * (1.0 / (1 << 24))  # (0, 1]
     return (-jnp.log(u)).astype(dtype)
 
 
-def _anneal_loop(key, x0, aux0, e0, flip, bits, refresh, betas, num_sweeps, unroll):
+def _over_replicas(body, mesh):
+    """``body(x0 (M, R), rid (R,)) -> (bx (M, R), be (R,))``, split over ``mesh``'s devices.
+
+    Replicas are independent: under a mesh each device anneals its slice of the replica axis
+    with :func:`jax.shard_map` and no communication at all (a flip's "did any replica accept"
+    test stays local instead of becoming a cross-device reduction per bit). Coefficients are
+    closed over (replicated).
+    """
+    if mesh is None:
+        return body
+    from jax.sharding import PartitionSpec as P
+
+    from jaxcsp.parallel import BATCH_AXIS
+
+    return jax.shard_map(
+        body,
+        mesh=mesh,
+        in_specs=(P(None, BATCH_AXIS), P(BATCH_AXIS)),
+        out_specs=(P(None, BATCH_AXIS), P(BATCH_AXIS)),
+        check_vma=False,
+    )
+
+
+def _anneal_loop(key, x0, rid, num_replicas, aux0, e0, flip, bits, refresh, betas, num_sweeps,
+                 unroll):  # fmt: skip
     """Run the sweeps; returns ``(best_x (M, R), best_e (R,))``.
+
+    ``rid`` ``(R,)``: global replica indices of the columns of ``x0`` (of ``num_replicas``).
 
     A sweep is a ``lax.scan`` over the rows of the state (bit ``i`` of every replica) together
     with that bit's data ``bits`` (leading axis ``M``) and its acceptance thresholds: the state
@@ -259,7 +291,7 @@ def _anneal_loop(key, x0, aux0, e0, flip, bits, refresh, betas, num_sweeps, unro
     carried ``(M, R)`` array makes XLA copy it on every flip).
     ``flip(beta, (aux, e), (x_i, t_i, bit_i)) -> ((aux, e), new x_i)``.
     """
-    num_bits, num_replicas = x0.shape
+    num_bits = x0.shape[0]
     dtype = x0.dtype
     b0, b1 = betas[0], betas[1]
     denom = jnp.maximum(num_sweeps - 1, 1).astype(dtype)
@@ -270,7 +302,7 @@ def _anneal_loop(key, x0, aux0, e0, flip, bits, refresh, betas, num_sweeps, unro
     def sweep(s, carry):
         x, aux, e, bx, be = carry
         beta = b0 * ratio ** (s.astype(dtype) / denom)
-        t = _thresholds(seed, s, num_bits, num_replicas, dtype)
+        t = _thresholds(seed, s, num_bits, rid, num_replicas, dtype)
         (aux, e), x = jax.lax.scan(
             lambda c, row: flip(beta, c, row), (aux, e), (x, t, bits), unroll=unroll
         )
@@ -347,11 +379,11 @@ def default_beta_range(
 
 @functools.partial(
     jax.jit,
-    static_argnames=("num_replicas", "num_groups", "auto_beta", "auto_penalty", "unroll"),
+    static_argnames=("num_replicas", "num_groups", "auto_beta", "auto_penalty", "unroll", "mesh"),
 )
 def _anneal_dense(
     key, offset, h, J, gid, beta_range, penalty, num_sweeps, x0, *,
-    num_replicas, num_groups, auto_beta, auto_penalty, unroll,
+    num_replicas, num_groups, auto_beta, auto_penalty, unroll, mesh=None,
 ):  # fmt: skip
     num_bits = h.shape[0]
     dtype = h.dtype
@@ -373,8 +405,6 @@ def _anneal_dense(
         f = h1[:, None] + q @ x
         return f, off + 0.5 * jnp.sum(x * (h1[:, None] + f), axis=0)
 
-    f0, e0 = exact(x0)
-
     def flip(beta, carry, row):
         f, e = carry
         xi, t, (qi, i) = row
@@ -394,18 +424,31 @@ def _anneal_dense(
         return jax.lax.cond((s + 1) % REFRESH_SWEEPS == 0, redo, lambda _: (x, f, e), None)
 
     bits = (q, jnp.arange(num_bits, dtype=jnp.int32))
-    bx, _ = _anneal_loop(key, x0, f0, e0, flip, bits, refresh, betas, num_sweeps, unroll)
-    _, be = exact(bx)
+
+    def body(x0, rid):
+        f0, e0 = exact(x0)
+        bx, _ = _anneal_loop(
+            key, x0, rid, num_replicas, f0, e0, flip, bits, refresh, betas, num_sweeps, unroll
+        )
+        return bx, exact(bx)[1]
+
+    bx, be = _over_replicas(body, mesh)(x0, jnp.arange(num_replicas, dtype=jnp.uint32))
     return _finish(bx, be, gid, num_groups, betas, lam)
 
 
 def _dispatch(
     impl, key, offset, h, coef, groups, beta_range, penalty, num_sweeps, initial_states,
-    num_replicas, unroll,
+    num_replicas, unroll, mesh,
 ):  # fmt: skip
     """Check the common arguments and call a jitted annealer (dense ``J`` or low-rank ``W``)."""
     m = h.shape[0]
     r = _check_common(num_replicas, num_sweeps, beta_range, initial_states, m, unroll)
+    if mesh is not None and r % mesh.size:
+        raise InvalidArgumentError(
+            f"num_replicas ({r}) must be a multiple of the mesh's {mesh.size} devices",
+            argument="num_replicas",
+            value=r,
+        )
     gid, ng = _group_ids(groups, m)
     return impl(
         key,
@@ -422,6 +465,7 @@ def _dispatch(
         auto_beta=beta_range is None,
         auto_penalty=penalty is None,
         unroll=unroll,
+        mesh=mesh,
     )
 
 
@@ -438,6 +482,7 @@ def anneal_qubo(
     penalty: Any = None,
     initial_states: Any = None,
     unroll: int = 1,
+    mesh: Any = None,
 ) -> AnnealResult:
     """Simulated annealing of a dense QUBO ``offset + h·x + xᵀ J x`` (plus one-hot penalties).
 
@@ -462,6 +507,9 @@ def anneal_qubo(
         docstring).
       initial_states: ``(R, M)`` 0/1 start states (overrides ``num_replicas``), or ``None``.
       unroll: inner-loop unroll factor (a compile-time tuning knob).
+      mesh: a :func:`jaxcsp.parallel.batch_mesh`: the replicas are split over its devices
+        (``R`` a multiple of its size), each device annealing its own with no communication;
+        the same states and energies as on one device.
 
     Returns:
       :class:`AnnealResult`.
@@ -477,7 +525,7 @@ def anneal_qubo(
         )
     return _dispatch(
         _anneal_dense, key, offset, h, J, groups, beta_range, penalty, num_sweeps, initial_states,
-        num_replicas, unroll,
+        num_replicas, unroll, mesh,
     )  # fmt: skip
 
 
@@ -486,11 +534,11 @@ def anneal_qubo(
 
 @functools.partial(
     jax.jit,
-    static_argnames=("num_replicas", "num_groups", "auto_beta", "auto_penalty", "unroll"),
+    static_argnames=("num_replicas", "num_groups", "auto_beta", "auto_penalty", "unroll", "mesh"),
 )
 def _anneal_lowrank(
     key, offset, h, w, gid, beta_range, penalty, num_sweeps, x0, *,
-    num_replicas, num_groups, auto_beta, auto_penalty, unroll,
+    num_replicas, num_groups, auto_beta, auto_penalty, unroll, mesh=None,
 ):  # fmt: skip
     num_bits = h.shape[0]
     dtype = h.dtype
@@ -515,8 +563,6 @@ def _anneal_lowrank(
         e = offset + h @ x + 0.5 * (jnp.sum(v * v, axis=0) - s2 @ x) + lam @ (c - 1.0) ** 2
         return (v, c), e
 
-    aux0, e0 = exact(x0)
-
     def flip(beta, carry, row):
         (v, c), e = carry
         xi, t, (wi, hi, si, g, lg) = row
@@ -537,7 +583,14 @@ def _anneal_lowrank(
         return x, aux, e
 
     bits = (wt, h, s2, gid, lam[gid])
-    bx, be = _anneal_loop(key, x0, aux0, e0, flip, bits, refresh, betas, num_sweeps, unroll)
+
+    def body(x0, rid):
+        aux0, e0 = exact(x0)
+        return _anneal_loop(
+            key, x0, rid, num_replicas, aux0, e0, flip, bits, refresh, betas, num_sweeps, unroll
+        )
+
+    bx, be = _over_replicas(body, mesh)(x0, jnp.arange(num_replicas, dtype=jnp.uint32))
     return _finish(bx, be, gid, num_groups, betas, lam)
 
 
@@ -552,6 +605,7 @@ def anneal_fm(
     penalty: Any = None,
     initial_states: Any = None,
     unroll: int = 1,
+    mesh: Any = None,
 ) -> AnnealResult:
     """Simulated annealing of a factorization machine's QUBO at ``O(K)`` per flip.
 
@@ -566,7 +620,7 @@ def anneal_fm(
       fm: an :class:`~jaxcsp.models.fm.FMModel` (original energy units), or
         ``(offset (), h (M,), W (K, M))`` as :func:`~jaxcsp.models.fm.fm_coefficients`
         returns (float dtype of ``h`` sets the compute dtype).
-      num_replicas, num_sweeps, beta_range, groups, penalty, initial_states, unroll: as in
+      num_replicas, num_sweeps, beta_range, groups, penalty, initial_states, unroll, mesh: as in
         :func:`anneal_qubo` (the default ``β`` range and penalty scan ``WᵀW`` in row blocks,
         ``O(M² K)`` time once; pass both to skip it).
 
@@ -585,5 +639,5 @@ def anneal_fm(
         )
     return _dispatch(
         _anneal_lowrank, key, offset, h, w, groups, beta_range, penalty, num_sweeps, initial_states,
-        num_replicas, unroll,
+        num_replicas, unroll, mesh,
     )  # fmt: skip

@@ -583,11 +583,13 @@ def _row_uniform(key: Array, idx: Array) -> Array:
     return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(idx)
 
 
-@functools.partial(jax.jit, static_argnames=("options", "batch_size", "history_len"))
+@functools.partial(jax.jit, static_argnames=("options", "batch_size", "history_len", "mesh"))
 def _fit(keys, net, stats, crystals, neighbors, energy, forces, stress, n, hyper, *, options,
-         batch_size, history_len):  # fmt: skip
+         batch_size, history_len, mesh=None):  # fmt: skip
     """Train every member (leading axis of ``keys``/``net``) in one program; see
-    :func:`train_ensemble`. Rows ``>= n`` (traced) are padding."""
+    :func:`train_ensemble`. Rows ``>= n`` (traced) are padding. Under ``mesh`` the members are
+    split over its devices (:func:`jax.shard_map`; each device trains its own members on the
+    whole, replicated dataset, with no communication)."""
     lr0, w_e, w_f, w_s, max_epochs, patience, val_fraction = hyper
     n_pad = energy.shape[0]
     dtype = energy.dtype
@@ -664,7 +666,18 @@ def _fit(keys, net, stats, crystals, neighbors, energy, forces, stress, n, hyper
         out = jax.lax.while_loop(cond, epoch, init)
         return out[4], out[3], out[6], out[7], out[8]
 
-    return jax.vmap(one)(keys, net)
+    def members(keys, net):
+        return jax.vmap(one)(keys, net)
+
+    if mesh is not None:
+        from jax.sharding import PartitionSpec as P
+
+        from jaxcsp.parallel import BATCH_AXIS
+
+        members = jax.shard_map(
+            members, mesh=mesh, in_specs=P(BATCH_AXIS), out_specs=P(BATCH_AXIS), check_vma=False
+        )
+    return members(keys, net)
 
 
 def train_ensemble(
@@ -683,6 +696,7 @@ def train_ensemble(
     weights: tuple[float, float, float] = SEED_WEIGHTS,
     outlier_sigma: float = 3.0,
     dtype: Any = jnp.float32,
+    mesh: Any = None,
 ) -> MLFFEnsemble:
     """Train a deep ensemble on oracle labels (one compiled program for all members).
 
@@ -715,13 +729,16 @@ def train_ensemble(
       outlier_sigma: force-outlier threshold in standard deviations.
       dtype: float dtype of the training arithmetic (float32: fast; parameters are stored
         in it).
+      mesh: a :func:`jaxcsp.parallel.batch_mesh`: the members are split over its devices
+        (``M`` a multiple of its size; each device trains its members on the whole dataset,
+        with no communication). The same parameters as on one device.
 
     Returns:
       A trained :class:`MLFFEnsemble` with its :class:`EnsembleHistory`.
 
     Raises:
       InvalidStructureError: an element outside ``species`` or the warm-start ensemble.
-      InvalidArgumentError: a bad hyperparameter.
+      InvalidArgumentError: a bad hyperparameter, or ``M`` not a multiple of the mesh size.
     """
     from jaxcsp.potentials._base import species_tuple
 
@@ -793,6 +810,14 @@ def train_ensemble(
     stats = {"shift": params["shift"], "scale": params["scale"]}
     net = jax.tree.map(lambda a: a.astype(dtype), params["net"])
     mm = ensemble.num_members
+    if mesh is not None and mm % mesh.size:
+        from jaxcsp.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            f"the ensemble's {mm} members must be a multiple of the mesh's {mesh.size} devices",
+            argument="mesh",
+            value=None,
+        )
     keys = jax.vmap(lambda i: jax.random.fold_in(jnp.asarray(key), i))(jnp.arange(mm))
     hyper = (
         jnp.asarray(learning_rate, dtype), jnp.asarray(weights[0], dtype),
@@ -803,7 +828,7 @@ def train_ensemble(
     history_len = max(256, 1 << max(0, max_epochs - 1).bit_length())
     best, epochs, best_e, h_tr, h_val = _fit(
         keys, net, stats, c, nl, e, f, s, jnp.asarray(n, jnp.int32), hyper,
-        options=ensemble.options, batch_size=batch_size, history_len=history_len,
+        options=ensemble.options, batch_size=batch_size, history_len=history_len, mesh=mesh,
     )  # fmt: skip
     n_val = int(max(1, math.floor(val_fraction * n))) if n >= 5 and val_fraction > 0 else 0
     hist = EnsembleHistory(

@@ -246,6 +246,7 @@ def relax_stream(
     input_ids: Any = None,
     key_value_pairs: dict | None = None,
     min_energy_per_atom: float | None = -1000.0,
+    mesh: Any = None,
     **options: Any,
 ) -> StreamSummary:
     """Relax every structure of ``source`` with continuous batching, writing rows as they finish.
@@ -270,6 +271,9 @@ def relax_stream(
       min_energy_per_atom: energy floor in eV/atom, as in :func:`jaxcsp.optimize.relax`: a
         structure that falls below it is written with status ``"exploded"`` at its last
         point above it; ``None``: no floor.
+      mesh: a :func:`jaxcsp.parallel.batch_mesh`: every size class runs a multiple of the
+        mesh size of slots (rounded up), split over its devices, so continuous batching keeps
+        every device's slots filled. Rows do not depend on it (up to summation order).
       **options: optimizer hyperparameters.
 
     Returns:
@@ -283,7 +287,11 @@ def relax_stream(
         (``index`` = its input id).
       JaxcspError: bad arguments, or a database that holds rows of a different source.
     """
+    from jaxcsp import parallel
     from jaxcsp.io import connect_db
+
+    def place(tree):
+        return tree if mesh is None else parallel.shard_batch(tree, mesh)
 
     _check_args(
         method,
@@ -336,7 +344,7 @@ def relax_stream(
 
     for n_pad in sorted(classes, reverse=True):
         queue = list(classes[n_pad])
-        slots = max(1, min(len(queue), max_atoms // n_pad))
+        slots = parallel.padded_size(max(1, min(len(queue), max_atoms // n_pad)), mesh)
         filler = queue[0].crystal
         lanes: list[_Work | None] = [queue.pop(0) if queue else None for _ in range(slots)]
         batch = _lanes(None, lanes, n_pad, filler)
@@ -350,23 +358,23 @@ def relax_stream(
         before = _run._cache_size() + _init._cache_size()
 
         def start(batch, spec):
-            data = make_data(batch, pressure=pressure)
-            x0, row_mask = initial_dofs(batch, cell_filter)
+            data = place(make_data(batch, pressure=pressure))
+            x0, row_mask = place(initial_dofs(batch, cell_filter))
             st = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
             if floor_per_atom is not None:
                 st = _below_floor_at_start(st, _floor(data))
-            return data, st
+            return data, place(st)
 
         data, state = start(batch, spec)
         idle = jnp.asarray([w is None for w in lanes])
-        state = state._replace(status=jnp.where(idle, 1, state.status))
+        state = place(state._replace(status=jnp.where(idle, 1, state.status)))
         while True:
             if bool(jnp.any(state.overflow)):
                 growth *= 2.0
                 spec = _spec_for(potential, batch, method=neighbor_method, growth=growth)
                 data, fresh = start(batch, spec)
                 # restart every lane of this batch with the larger shapes (deterministic)
-                state = fresh._replace(status=jnp.where(idle, 1, fresh.status))
+                state = place(fresh._replace(status=jnp.where(idle, 1, fresh.status)))
                 continue
             status = np.asarray(state.status)
             finished = [k for k, w in enumerate(lanes) if w is not None and status[k] != RUNNING]
@@ -429,8 +437,8 @@ def relax_stream(
                     data, fresh = start(batch, spec)
                     mask = np.zeros(slots, bool)  # on the host: no program per refill count
                     mask[refill] = True
-                    state = _merge(mask, fresh, state)
-                state = state._replace(status=jnp.where(idle, 1, state.status))
+                    state = _merge(place(mask), fresh, state)
+                state = place(state._replace(status=jnp.where(idle, 1, state.status)))
             if all(w is None for w in lanes):
                 break
             sizes = _run._cache_size() + _init._cache_size()

@@ -693,6 +693,7 @@ def optimize_wyckoff(
     chunk: int = 25,
     spec: Any = None,
     callback: Callable[[int, Array], None] | None = None,
+    mesh: Any = None,
     **optimizer_kwargs: Any,
 ) -> DescriptorResult:
     """Algorithm 1: optimise the free variables of a Wyckoff batch toward a reference spectrum.
@@ -724,6 +725,9 @@ def optimize_wyckoff(
       spec: :class:`~jaxcsp.neighbors.EdgeListSpec` to start with (default
         :func:`site_edge_spec` of ``wc`` at the loss cutoff).
       callback: ``callback(steps_done, losses)`` after each chunk.
+      mesh: a :func:`jaxcsp.parallel.batch_mesh` to split the batch over several devices
+        (padded to a multiple of the mesh size with copies of the first crystal, trimmed from
+        the result); the same result as one device, up to the summation order of the loss.
       **optimizer_kwargs: more :func:`descriptor_optimizer` arguments (``patience``,
         ``factor``, ``max_norm``, ``tol``, ``weight_decay``, ``b1``, ``b2``, ...).
 
@@ -733,6 +737,11 @@ def optimize_wyckoff(
     from jaxcsp.symmetry import free_variables, validate_free_variables
 
     validate_free_variables(wc)
+    n_real = wc.batch_size
+    if mesh is not None:
+        from jaxcsp import parallel
+
+        wc = parallel.shard_batch(parallel.pad_batch(wc, parallel.padded_size(n_real, mesh)), mesh)
     dtype = wc.cell.dtype
     reference = jnp.asarray(reference, dtype)
     loss_kw = dict(
@@ -767,6 +776,8 @@ def optimize_wyckoff(
     lo = _normalize_box(PYXTAL_CELL_BOX[0], dtype)
     hi = _normalize_box(PYXTAL_CELL_BOX[1], dtype)
     params = {"cell": jnp.clip(cell_u, lo, hi).astype(dtype), "coords": coords.astype(dtype)}
+    if mesh is not None:
+        params = parallel.shard_batch(params, mesh)
     if spec is None or spec.cutoff < cutoff:
         spec = site_edge_spec(_as_wc(wc, params), cutoff)
     loss0, spectra0, over0 = _wyckoff_loss(_as_wc(wc, params), reference, spec, loss_kw=report_kw)
@@ -795,13 +806,21 @@ def optimize_wyckoff(
         spec_f = site_edge_spec(final, cutoff)
         loss1, spectra1, _ = _wyckoff_loss(final, reference, spec_f, loss_kw=report_kw)
     ps = _plateau_state(carry[1])
+    steps_done = ps.steps if ps is not None else jnp.full((b,), len(history), jnp.int32)
+    if b != n_real:  # rows added to fill the mesh
+        keep = np.arange(n_real)
+        final = final.take(keep)
+        loss0, loss1, steps_done, spectra0, spectra1 = (
+            jnp.asarray(np.asarray(a)[keep]) for a in (loss0, loss1, steps_done, spectra0, spectra1)
+        )
+        history = history[:, keep]
     return DescriptorResult(
         wc=final,
         loss=loss1,
         initial_loss=loss0,
         spectra=spectra1,
         initial_spectra=spectra0,
-        steps=ps.steps if ps is not None else jnp.full((b,), len(history), jnp.int32),
+        steps=steps_done,
         history=history,
         reallocations=reallocations,
     )
