@@ -161,7 +161,7 @@ def main(argv=None) -> None:
                 flush=True,
             )
             extra = {"devices": d, "per_device_per_s": per_dev, "first_s": r["first"],
-                     "max_energy_diff": diff, "platform": r["platform"]}  # fmt: skip
+                     "max_energy_diff": diff, "platform": runs[d]["platform"]}  # fmt: skip
             if task == "relax":
                 extra |= {"converged": r["converged"], "converged_1": b["converged"],
                           "median_force_calls": float(np.median(r["force_calls"])),

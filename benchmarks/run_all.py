@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import os
 import pathlib
@@ -82,6 +83,12 @@ BENCHMARKS: dict[str, tuple[str, dict[str, list[str] | None]]] = {
     "active": ("--seeds 0 1 2", {"quick": None, "default": None, "gpu": ["--gpu"]}),
 }
 
+#: name -> (module its peer needs, the extra that installs it): checked before running it.
+NEEDS = {
+    "anneal": ("dwave.samplers", 'pip install -e ".[bench]"'),
+    "sevennet": ("sevenn", 'pip install torch==2.13.0 && pip install -e ".[mlip]"'),
+}
+
 #: Packages whose versions go into the JSON (ours and the peers').
 PACKAGES = ("jaxcsp", "jax", "jaxlib", "numpy", "scipy", "flax", "optax", "ase", "pymatgen",
             "pyxtal", "spglib", "jax-md", "vesin", "matscipy", "dwave-samplers", "sevenn",
@@ -97,6 +104,13 @@ def versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
 
 
 def _rows(run_id: str, suites_before: dict[str, int]) -> list[dict]:
@@ -130,10 +144,13 @@ def _ratio(row: dict) -> float | None:
 
 def table(results: list[dict]) -> str:
     """One text table of every comparison of ``results`` (the JSON's ``benchmarks`` list)."""
-    head = (f"{'benchmark':<10} {'case':<38} {'ours s':>9} {'first s':>8} {'peer':<30} "
+    head = (f"{'benchmark':<10} {'case':<48} {'ours s':>9} {'compile s':>9} {'peer':<30} "
             f"{'peer s':>9} {'ratio':>8}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for b in results:
+        if b.get("skipped"):
+            lines.append(f"{b['name']:<10} SKIPPED: {b['skipped']}")
+            continue
         if b["rc"] != 0:
             lines.append(f"{b['name']:<10} FAILED (exit {b['rc']}), see {b['log']}")
             continue
@@ -149,11 +166,28 @@ def table(results: list[dict]) -> str:
             def num(v, fmt):
                 return format(v, fmt) if isinstance(v, int | float) else "-"
 
-            case = str(r.get("case", r.get("system", "")))[:38]
+            case = str(r.get("case", r.get("system", "")))
+            if r.get("solver"):
+                case += f" [{r['solver']}]"
+            if len(case) > 48:  # keep both ends: the distinguishing part is often last
+                case = case[:22] + "~" + case[-25:]
             lines.append(
-                f"{b['name']:<10} {case:<38} {num(ours, '9.4g')} {num(first, '8.3g')} "
+                f"{b['name']:<10} {case:<48} {num(ours, '9.4g')} {num(first, '9.3g')} "
                 f"{str(peer)[:30]:<30} {num(peer_s, '9.4g')} x{num(_ratio(r), '7.2f')}"
             )
+    ratios = sorted(
+        (_ratio(r), f"{b['name']}: {r.get('case', r.get('system', ''))}")
+        for b in results
+        for r in b.get("rows", [])
+        if _ratio(r) is not None
+    )
+    if ratios:
+        mid = ratios[len(ratios) // 2][0]
+        lines.append("-" * len(head))
+        lines.append(
+            f"{len(ratios)} comparisons: median ratio x{mid:.2f}, worst x{ratios[0][0]:.2f} "
+            f"({ratios[0][1]}), best x{ratios[-1][0]:.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -193,7 +227,7 @@ def main(argv=None) -> int:
     if args.resume and out.exists():
         prior = json.loads(out.read_text())
         if prior.get("profile") == profile:
-            done = [b for b in prior.get("benchmarks", []) if b["rc"] == 0]
+            done = [b for b in prior.get("benchmarks", []) if b["rc"] == 0 and not b.get("skipped")]
     finished = {b["name"] for b in done}
     run_id = uuid.uuid4().hex[:12]
     report = {
@@ -213,6 +247,16 @@ def main(argv=None) -> int:
         task = bar.add_task(f"jaxcsp bench ({profile})", total=len(todo))
         for n in todo:
             bar.update(task, description=f"{profile}: {n}")
+            need = NEEDS.get(n)
+            if need and not _importable(need[0]):
+                report["benchmarks"].append({
+                    "name": n, "argv": commands[n][1:], "seed": BENCHMARKS[n][0], "rc": 0,
+                    "wall_s": 0.0, "rows": [],
+                    "skipped": f"its peer needs {need[0]}: {need[1]}",
+                })  # fmt: skip
+                bar.console.print(f"{n}: skipped, its peer needs {need[0]} ({need[1]})")
+                bar.advance(task)
+                continue
             log = RESULTS_DIR / f"bench-{profile}-{n}.log"
             before = _counts()
             t = time.perf_counter()
