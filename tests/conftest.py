@@ -76,7 +76,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 #: files whose tests share no compiled programs with each other: each test is its own unit of
-#: work for pytest-xdist (``--dist loadgroup``); every other file stays in one worker
+#: work for pytest-xdist; every other file is one unit (its tests, module fixtures and compiled
+#: programs stay in one worker)
 _SPREAD = {"test_optimize_relax.py"}
 #: the longest units first, so that the two workers finish together
 _FIRST = [
@@ -93,9 +94,30 @@ _FIRST = [
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        name = item.path.name
-        group = item.nodeid.replace("@", "_") if name in _SPREAD else name
-        item.add_marker(pytest.mark.xdist_group(group))
     rank = {name: i for i, name in enumerate(_FIRST)}
     items.sort(key=lambda it: rank.get(it.path.name, len(rank)))
+
+
+def _unit(nodeid: str) -> str:
+    """The unit of work of a test for pytest-xdist: its file, or itself in a ``_SPREAD`` file."""
+    path = nodeid.split("::", 1)[0]
+    return nodeid if path.rsplit("/", 1)[-1] in _SPREAD else path
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Schedule whole files (``_unit``) with ``--dist loadgroup``.
+
+    xdist's own ``loadgroup`` reads ``xdist_group`` marks through a node-id suffix that it
+    writes to ``item._nodeid``; pytest 9 keeps node ids in ``item._id``, so the suffix is lost and
+    every test became its own unit: a file's module fixtures were built once per worker (an
+    ensemble trained twice, 70 s each). This scheduler groups by the node id itself.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return FileUnits(config, log)
