@@ -774,9 +774,15 @@ def relax(
         max_uncertainty=max_uncertainty,
         min_energy_per_atom=min_energy_per_atom,
     )
-    res = result_from_state(
-        state, crystals_from_dofs(state.x, data, cell_filter), potential, neighbor_method
+    final = crystals_from_dofs(state.x, data, cell_filter)
+    # a structure that never took a step (invalid, or converged at its start) is returned as
+    # given: the Cartesian round trip of its DOFs may differ in the last bit (FMA contraction)
+    still = (state.steps == 0)[:, None, None]
+    final = final.replace(
+        lattice=jnp.where(still, crystals.lattice.astype(final.lattice.dtype), final.lattice),
+        frac=jnp.where(still, crystals.frac.astype(final.frac.dtype), final.frac),
     )
+    res = result_from_state(state, final, potential, neighbor_method)
     if mesh is not None:
         res = jax.tree_util.tree_map(lambda a: a[:n_real], res)
     return res
