@@ -40,8 +40,10 @@ __all__ = [
     "BATCH_AXIS",
     "batch_mesh",
     "batch_sharding",
+    "check_divisible",
     "pad_batch",
     "padded_size",
+    "per_device",
     "replicated",
     "shard_batch",
 ]
@@ -119,7 +121,7 @@ def pad_batch(tree: Any, size: int) -> Any:
     return jax.tree_util.tree_map(pad, tree)
 
 
-def shard_batch(tree: Any, mesh: Mesh) -> Any:
+def shard_batch(tree: Any, mesh: Mesh | None) -> Any:
     """Place a batch on ``mesh`` with its leading axis split over the devices.
 
     Leaves without a leading axis of the batch's size (scalars, shared tables) are replicated.
@@ -127,7 +129,7 @@ def shard_batch(tree: Any, mesh: Mesh) -> Any:
     Args:
       tree: pytree of arrays with a common leading batch axis ``B`` divisible by ``mesh.size``
         (see :func:`pad_batch`).
-      mesh: a mesh from :func:`batch_mesh`.
+      mesh: a mesh from :func:`batch_mesh`, or ``None`` (the tree is returned as it is).
 
     Returns:
       The same tree on the devices.
@@ -135,6 +137,8 @@ def shard_batch(tree: Any, mesh: Mesh) -> Any:
     Raises:
       ValueError: ``B`` is not a multiple of the mesh size.
     """
+    if mesh is None:
+        return tree
     leaves = jax.tree_util.tree_leaves(tree)
     sizes = [np.shape(a)[0] for a in leaves if np.ndim(a) > 0]
     b = max(set(sizes), key=sizes.count) if sizes else 0
@@ -146,3 +150,32 @@ def shard_batch(tree: Any, mesh: Mesh) -> Any:
         return jax.device_put(a, split if np.ndim(a) > 0 and np.shape(a)[0] == b else full)
 
     return jax.tree_util.tree_map(put, tree)
+
+
+def check_divisible(n: int, mesh: Mesh | None, *, argument: str, what: str) -> None:
+    """Refuse ``n`` items (replicas, members) that do not split evenly over ``mesh``.
+
+    Raises:
+      InvalidArgumentError: ``n`` is not a multiple of the mesh size (naming ``argument``).
+    """
+    if mesh is not None and n % mesh.size:
+        from jaxcsp.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            f"{what} ({n}) must be a multiple of the mesh's {mesh.size} devices",
+            argument=argument,
+            value=n,
+        )
+
+
+def per_device(fn: Any, mesh: Mesh | None, in_specs: Any, out_specs: Any) -> Any:
+    """``fn`` run on each device's slice of its inputs (:func:`jax.shard_map`), or ``fn`` itself
+    without a mesh.
+
+    For work that is independent along the split axis (annealing replicas, ensemble members):
+    each device runs ``fn`` on its slice with no communication. Arrays ``fn`` closes over are
+    replicated. Specs name :data:`BATCH_AXIS`, e.g. ``PartitionSpec(None, BATCH_AXIS)``.
+    """
+    if mesh is None:
+        return fn
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)

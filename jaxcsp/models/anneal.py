@@ -75,7 +75,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
+from jaxcsp import parallel
 from jaxcsp.errors import InvalidArgumentError, check_int, check_real
 from jaxcsp.models.fm import FMModel, _group_arrays, fm_coefficients
 
@@ -260,23 +262,13 @@ def _over_replicas(body, mesh):
     """``body(x0 (M, R), rid (R,)) -> (bx (M, R), be (R,))``, split over ``mesh``'s devices.
 
     Replicas are independent: under a mesh each device anneals its slice of the replica axis
-    with :func:`jax.shard_map` and no communication at all (a flip's "did any replica accept"
-    test stays local instead of becoming a cross-device reduction per bit). Coefficients are
-    closed over (replicated).
+    and nothing is communicated (a flip's "did any replica accept" test stays local instead of
+    becoming a cross-device reduction per bit). Coefficients are closed over (replicated).
     """
-    if mesh is None:
-        return body
-    from jax.sharding import PartitionSpec as P
-
-    from jaxcsp.parallel import BATCH_AXIS
-
-    return jax.shard_map(
-        body,
-        mesh=mesh,
-        in_specs=(P(None, BATCH_AXIS), P(BATCH_AXIS)),
-        out_specs=(P(None, BATCH_AXIS), P(BATCH_AXIS)),
-        check_vma=False,
-    )
+    return parallel.per_device(
+        body, mesh, (P(None, parallel.BATCH_AXIS), P(parallel.BATCH_AXIS)),
+        (P(None, parallel.BATCH_AXIS), P(parallel.BATCH_AXIS)),
+    )  # fmt: skip
 
 
 def _anneal_loop(key, x0, rid, num_replicas, aux0, e0, flip, bits, refresh, betas, num_sweeps,
@@ -443,12 +435,7 @@ def _dispatch(
     """Check the common arguments and call a jitted annealer (dense ``J`` or low-rank ``W``)."""
     m = h.shape[0]
     r = _check_common(num_replicas, num_sweeps, beta_range, initial_states, m, unroll)
-    if mesh is not None and r % mesh.size:
-        raise InvalidArgumentError(
-            f"num_replicas ({r}) must be a multiple of the mesh's {mesh.size} devices",
-            argument="num_replicas",
-            value=r,
-        )
+    parallel.check_divisible(r, mesh, argument="num_replicas", what="num_replicas")
     gid, ng = _group_ids(groups, m)
     return impl(
         key,

@@ -57,7 +57,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
+from jaxcsp import parallel
 from jaxcsp.crystal import Crystals
 from jaxcsp.errors import InvalidStructureError, check_int, check_real
 from jaxcsp.models._checkpoint import restore_msgpack, write_msgpack
@@ -666,18 +668,8 @@ def _fit(keys, net, stats, crystals, neighbors, energy, forces, stress, n, hyper
         out = jax.lax.while_loop(cond, epoch, init)
         return out[4], out[3], out[6], out[7], out[8]
 
-    def members(keys, net):
-        return jax.vmap(one)(keys, net)
-
-    if mesh is not None:
-        from jax.sharding import PartitionSpec as P
-
-        from jaxcsp.parallel import BATCH_AXIS
-
-        members = jax.shard_map(
-            members, mesh=mesh, in_specs=P(BATCH_AXIS), out_specs=P(BATCH_AXIS), check_vma=False
-        )
-    return members(keys, net)
+    split = P(parallel.BATCH_AXIS)
+    return parallel.per_device(jax.vmap(one), mesh, split, split)(keys, net)
 
 
 def train_ensemble(
@@ -810,14 +802,7 @@ def train_ensemble(
     stats = {"shift": params["shift"], "scale": params["scale"]}
     net = jax.tree.map(lambda a: a.astype(dtype), params["net"])
     mm = ensemble.num_members
-    if mesh is not None and mm % mesh.size:
-        from jaxcsp.errors import InvalidArgumentError
-
-        raise InvalidArgumentError(
-            f"the ensemble's {mm} members must be a multiple of the mesh's {mesh.size} devices",
-            argument="mesh",
-            value=None,
-        )
+    parallel.check_divisible(mm, mesh, argument="mesh", what="the ensemble's members")
     keys = jax.vmap(lambda i: jax.random.fold_in(jnp.asarray(key), i))(jnp.arange(mm))
     hyper = (
         jnp.asarray(learning_rate, dtype), jnp.asarray(weights[0], dtype),

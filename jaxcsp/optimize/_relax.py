@@ -544,7 +544,7 @@ def drive(
     kw = dict(method=method, options=tuple(sorted(options.items())), cell_filter=mode)
 
     def place(tree):
-        return tree if mesh is None else parallel.shard_batch(tree, mesh)
+        return parallel.shard_batch(tree, mesh)
 
     x0, row_mask, data = place(x0), place(row_mask), place(data)
     growth = 1.0

@@ -291,7 +291,7 @@ def relax_stream(
     from jaxcsp.io import connect_db
 
     def place(tree):
-        return tree if mesh is None else parallel.shard_batch(tree, mesh)
+        return parallel.shard_batch(tree, mesh)
 
     _check_args(
         method,
