@@ -1,7 +1,7 @@
 """Shared test configuration.
 
-* XLA compiles at backend optimisation level 0 (see below; ``JAXCSP_TEST_DEFAULT_XLA=1`` to
-  keep the defaults).
+* XLA compiles at backend optimisation level 0 with its classic fusion emitters
+  (``tests/xla_flags.py``; ``JAXCSP_TEST_DEFAULT_XLA=1`` keeps the defaults).
 * float64 is enabled for the whole session: reference comparisons run in double precision;
   float32 smoke tests cast explicitly.
 * The whole suite runs in one process. Every compiled XLA:CPU program holds memory mappings of
@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import os
 
-# Tests are dominated by compilation, not by running the programs: compile with LLVM's backend
-# optimisation off (about 40% less compile time; the same floating-point semantics, no fast
-# math). JAXCSP_TEST_DEFAULT_XLA=1 keeps XLA's default flags.
-if os.environ.get("JAXCSP_TEST_DEFAULT_XLA") != "1":
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-    ).strip()
+# the suite's XLA flags (tests/xla_flags.py), set before JAX initialises its CPU backend
+from xla_flags import apply as _apply_xla_flags
 
-import jax
+_apply_xla_flags()
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 _CACHE = os.environ.get("JAXCSP_JAX_CACHE")

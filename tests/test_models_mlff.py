@@ -12,48 +12,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from mlff_reference import ENSEMBLE_FILE, N_TRAIN, dataset, labels, random_si8
+from mlff_reference import train as train_as_shipped
 
 import jaxcsp as jc
 from jaxcsp.crystal import Crystals
 from jaxcsp.errors import InvalidArgumentError, InvalidStructureError, JaxcspError
-from jaxcsp.models import (
-    MLFFConfig,
-    labelled_data,
-    load_ensemble,
-    save_ensemble,
-    train_ensemble,
-)
+from jaxcsp.models import labelled_data, load_ensemble, save_ensemble, train_ensemble
 from jaxcsp.runtime import CompileCounter
-from jaxcsp.symmetry import random_crystals, reconstruct
-
-CONFIG = MLFFConfig(features=16, num_interactions=2, num_rbf=12, cutoff=4.5)
-TRAIN = dict(num_members=3, config=CONFIG, max_epochs=60, patience=20, learning_rate=3e-3)
-N_TRAIN = 16  # with the 16 squeezed cells labelled later: one size bucket (32), one program
-
-
-def _random_si8(seed: int, n: int, **kw) -> Crystals:
-    wc = random_crystals(
-        jax.random.key(seed), "Si8", n, spg=1, check_symmetry=False, max_sites=8, max_atoms=8,
-        distance_factor=0.7, **kw,
-    )  # fmt: skip
-    return reconstruct(wc)
-
-
-def _labels(c: Crystals):
-    r = jc.calculate(jc.potentials.stillinger_weber(), c)
-    return labelled_data(c, r.energy, r.forces, r.stress), r
 
 
 @pytest.fixture(scope="module")
 def trained():
-    """An ensemble trained on 16 random Si8 cells under Stillinger-Weber, and 16 held out."""
-    c = _random_si8(0, 2 * N_TRAIN)
-    _, ref = _labels(c)
-    n = N_TRAIN
-    train = labelled_data(c.take(np.arange(n)), ref.energy[:n], ref.forces[:n], ref.stress[:n])
-    ens = train_ensemble(jax.random.key(1), train, **TRAIN)
-    held = c.take(np.arange(n, 2 * n))
-    return ens, train, held, jax.tree.map(lambda a: a[n:], ref)
+    """The shipped ensemble (``tests/mlff_reference.py``: trained on 16 random Si8 cells under
+    Stillinger-Weber), its training data, and 16 held-out cells with their labels."""
+    train, held, ref = dataset()
+    return load_ensemble(ENSEMBLE_FILE), train, held, ref
 
 
 def test_forces_and_stress_are_derivatives_of_the_energy(trained):
@@ -130,8 +104,7 @@ def test_energy_invariant_under_rotation_translation_permutation(trained):
     )
 
 
-def test_training_learns_held_out_labels(trained):
-    ens, _, held, ref = trained
+def _held_out_errors(ens, held, ref):
     pred = ens.predict(held)
     f_rmse = float(np.sqrt(np.mean((np.asarray(pred.forces) - np.asarray(ref.forces)) ** 2)))
     f_rms = float(np.sqrt(np.mean(np.asarray(ref.forces) ** 2)))
@@ -141,10 +114,30 @@ def test_training_learns_held_out_labels(trained):
           f"energy MAE {e_mae:.4f} eV/atom (label std {e_ref.std():.4f})")  # fmt: skip
     assert f_rmse < 0.6 * f_rms
     assert e_mae < e_ref.std()
-    h = ens.history
-    assert h.train_loss.shape[0] == 3 and np.all(h.epochs >= 1)
     # members are independent models: their predictions differ
     assert float(jnp.min(pred.energy_std)) > 0
+    return pred
+
+
+def test_trained_ensemble_predicts_held_out_labels(trained):
+    ens, _, held, ref = trained
+    _held_out_errors(ens, held, ref)
+
+
+@pytest.mark.slow
+def test_fresh_training_matches_the_shipped_ensemble(trained):
+    """Training from scratch (as ``tests/data/make_mlff_ensemble.py`` does) learns the held-out
+    labels, and predicts what the shipped ensemble predicts (float32 training: to 1e-3 eV/atom
+    and 1e-2 eV/Å)."""
+    shipped, data, held, ref = trained
+    ens = train_as_shipped(data)
+    pred = _held_out_errors(ens, held, ref)
+    h = ens.history
+    assert h.train_loss.shape[0] == 3 and np.all(h.epochs >= 1)
+    assert np.all(h.val_loss[np.arange(3), h.best_epoch] <= h.val_loss[:, 0])
+    ship = shipped.predict(held)
+    np.testing.assert_allclose(np.asarray(pred.energy) / 8, np.asarray(ship.energy) / 8, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(pred.forces), np.asarray(ship.forces), atol=1e-2)
 
 
 def test_retraining_in_the_same_bucket_compiles_nothing(trained):
@@ -165,16 +158,19 @@ def test_retraining_in_the_same_bucket_compiles_nothing(trained):
                                learning_rate=1e-3)  # fmt: skip
     assert cc.count == 0
     assert again.num_members == 3
+    h = again.history
+    assert h.train_loss.shape == (3, 3) and np.all((h.epochs >= 1) & (h.epochs <= 3))
+    assert h.n_train + h.n_val == N_TRAIN - 2
 
 
 def test_uncertainty_rises_away_from_the_data_and_falls_once_labelled(trained):
     ens, train, held, _ = trained
     # far from the data: the same kind of cells squeezed to 75 % of their length
-    far = _random_si8(7, 16)
+    far = random_si8(7, 16)
     far = Crystals(lattice=far.lattice * 0.75, frac=far.frac, species=far.species, mask=far.mask)
     u_near = float(np.median(np.asarray(ens.predict(held).uncertainty)))
     u_far = float(np.median(np.asarray(ens.predict(far).uncertainty)))
-    far_data, _ = _labels(far)
+    far_data, _ = labels(far)
     from jaxcsp.crystal import concatenate
 
     both = labelled_data(

@@ -11,21 +11,19 @@ outcome of an ASE optimizer (``BFGSLineSearch``, ``FIRE``, ``LBFGS``; ``FrechetC
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import sys
 
-# the same XLA flags as the test suite (tests/conftest.py): an ASE line search's path follows the
+# the same XLA flags as the test suite (tests/xla_flags.py): an ASE line search's path follows the
 # last bits of the forces, so references are made with the arithmetic the tests run
-if os.environ.get("JAXCSP_TEST_DEFAULT_XLA") != "1":
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-    ).strip()
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from xla_flags import apply
 
-import jax
+apply()
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from relax_reference import REFERENCE_FILE, build_default_references  # noqa: E402
 
