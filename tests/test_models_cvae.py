@@ -305,63 +305,6 @@ def test_latent_refinement_lowers_the_loss(model, data):
     assert r.history.shape == (50, 32)
 
 
-def test_dual_level_rounds_database_and_resume(tmp_path, model, data):
-    """Both arms as searches on the driver: the valid candidates of each round relaxed on
-    Tersoff carbon and written with their round, the never-valid ones after; the rounds
-    stepped by hand (no oracle) agree with the driver's; a rerun on the same databases
-    relaxes nothing and reports the same numbers."""
-    from ase.db import connect
-
-    from jaxcsp.search import dual_level
-
-    kw = dict(
-        seed=1,
-        rounds=2,
-        steps=25,
-        latent_steps=25,
-        batch_size=16,
-        conditions=data,
-        fmax=0.1,
-        max_steps=60,
-        progress=False,
-    )
-    db = tmp_path / "d.db"
-    res = dual_level(model, 16, db=db, **kw)
-    assert [r["round"] for r in res.rounds] == [1, 2]
-    assert res.rounds[0]["attempted"] == 16
-    assert res.rounds[1]["attempted"] == 16 - res.rounds[0]["valid"]
-    assert res.rounds[-1]["valid"] == int(res.valid.sum())
-    assert res.baseline_rounds[0] == res.rounds[0]
-    np.testing.assert_array_equal(res.round > 0, res.valid)
-    sc = res.screening
-    assert sc.n_valid_env == int(res.valid.sum()) > 0
-    assert sc.metrics["n_evaluated"] == sc.n_valid_env
-    assert res.baseline_screening.db.endswith("d.algorithm1.db")
-    # graphite relaxed on the same potential is the energy reference (Tersoff: -7.3955)
-    assert sc.reference == pytest.approx(-7.3955, abs=2e-3)
-    rows = list(connect(db).select())
-    assert len(rows) == 16
-    assert sorted(r.candidate for r in rows) == list(range(16))
-    valid_rows = [r for r in rows if r.valid_env]
-    assert len(valid_rows) == int(res.valid.sum())
-    for r in valid_rows:
-        assert r.round == res.round[r.candidate] and r.method == "dual_level"
-        assert r.loss == pytest.approx(res.loss[r.candidate])
-    assert sum(bool(r.get("unique")) for r in valid_rows) == sc.n_unique
-    assert all(r.get("energy") is None for r in rows if not r.valid_env)
-    assert "Algorithm 1 alone" in res.summary()
-    # the same rounds without the oracle (init/step by hand)
-    bare = dual_level(model, 16, screen=False, **kw)
-    np.testing.assert_array_equal(bare.round, res.round)
-    np.testing.assert_array_equal(bare.baseline_valid, res.baseline_valid)
-    # resume: nothing relaxed again, the same report
-    again = dual_level(model, 16, db=db, **kw)
-    assert len(list(connect(db).select())) == 16
-    assert again.screening.metrics["oracle_calls"] == sc.metrics["oracle_calls"]
-    np.testing.assert_array_equal(again.screening.unique, sc.unique)
-    np.testing.assert_allclose(again.screening.energy_per_atom, sc.energy_per_atom)
-
-
 def test_cli_dual_level_report(tmp_path, capsys):
     """The command end to end (shipped model, shipped conditions): the report's table, the
     screening line, the database and the figure."""

@@ -163,6 +163,7 @@ def test_retraining_in_the_same_bucket_compiles_nothing(trained):
     assert h.n_train + h.n_val == N_TRAIN - 2
 
 
+@pytest.mark.slow  # 30 epochs of retraining: about 40 s at the suite's XLA flags
 def test_uncertainty_rises_away_from_the_data_and_falls_once_labelled(trained):
     ens, train, held, _ = trained
     # far from the data: the same kind of cells squeezed to 75 % of their length

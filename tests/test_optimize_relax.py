@@ -132,6 +132,7 @@ def test_bfgs_linesearch_matches_ase(name):
 
 
 @pytest.mark.slow
+@pytest.mark.manual
 @pytest.mark.parametrize("name", ["lj", "sw", "tersoff"])
 def test_bfgs_linesearch_matches_ase_all_210(name):
     _check_bfgs(name, None)
@@ -156,6 +157,7 @@ def test_fire_matches_ase(name):
 
 
 @pytest.mark.slow
+@pytest.mark.manual
 @pytest.mark.parametrize("name", ["lj", "sw", "tersoff"])
 def test_fire_matches_ase_all_210(name):
     _check_fire(name, None)

@@ -48,6 +48,7 @@ def test_bad_settings_are_refused():
 
 
 @pytest.mark.slow
+@pytest.mark.manual
 def test_cycles_label_single_points_retrain_relax_and_validate(tmp_path):
     db = tmp_path / "al.db"
     m = search.active_learning(16, 32, 8, **TINY)

@@ -288,6 +288,7 @@ def _run(code: str, env: dict) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # two fresh processes, each compiling SevenNet-0 from nothing
 def test_later_runs_need_no_torch_and_missing_sevenn_is_one_line(pot, cache, tmp_path):
     env = {**os.environ, "JAXCSP_CACHE_DIR": str(cache), "JAX_PLATFORMS": "cpu"}
     code = (
