@@ -79,13 +79,15 @@ _SPREAD = {"test_optimize_relax.py"}
 #: the longest units first, so that the two workers finish together
 _FIRST = [
     "test_optimize_relax.py",
-    "test_docs.py",
-    "test_edge_list.py",
-    "test_symmetry_generate.py",
-    "test_design.py",
-    "test_optimize_symmetric.py",
-    "test_descriptors_losses.py",
+    "test_models_cvae.py",
+    "test_sevennet.py",
+    "test_models_mlff.py",
+    "test_search_crysim.py",
+    "test_search_basin.py",
+    "test_potentials.py",
     "test_external.py",
+    "test_neighbors.py",
+    "test_edge_list.py",
 ]
 
 

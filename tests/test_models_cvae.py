@@ -231,11 +231,12 @@ def test_latent_gradient_through_decoder_and_spectrum_matches_finite_differences
         losses, aux = descriptor_loss(crystals(z), ref, spec, nmax=2, lmax=4, rcut=2.0, alpha=1.5)
         return jnp.sum(losses), aux["overflow"]
 
-    (val, over), g = jax.value_and_grad(loss, has_aux=True)(z0)
+    (val, over), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(z0)
     assert not bool(jnp.any(over)) and np.isfinite(float(val))
     v = jnp.asarray(np.random.default_rng(4).normal(size=z0.shape))
     h = 1e-6
-    fd = (loss(z0 + h * v)[0] - loss(z0 - h * v)[0]) / (2 * h)
+    both = jax.jit(jax.vmap(loss))(jnp.stack([z0 + h * v, z0 - h * v]))[0]
+    fd = (both[0] - both[1]) / (2 * h)
     np.testing.assert_allclose(float(jnp.sum(g * v)), float(fd), rtol=1e-5)
 
 
@@ -305,6 +306,26 @@ def test_latent_refinement_lowers_the_loss(model, data):
     assert r.history.shape == (50, 32)
 
 
+def test_dual_level_rounds_without_the_oracle(model, data):
+    """Both arms' rounds on the driver without screening (the slow suite adds the Tersoff
+    screening, the database and the resume; the CLI test runs it end to end): round 1 tries
+    every candidate, each later round the ones not yet valid, a candidate's round is set
+    exactly when it is valid, and Algorithm 1's first round is the dual level's."""
+    from jaxcsp.search import dual_level
+
+    kw = dict(seed=1, rounds=2, steps=25, latent_steps=25, batch_size=16, conditions=data)
+    res = dual_level(model, 16, screen=False, progress=False, **kw)
+    assert [r["round"] for r in res.rounds] == [1, 2]
+    assert res.rounds[0]["attempted"] == 16
+    assert res.rounds[1]["attempted"] == 16 - res.rounds[0]["valid"]
+    assert res.rounds[-1]["valid"] == int(res.valid.sum()) > 0
+    assert res.baseline_rounds[0] == res.rounds[0]
+    np.testing.assert_array_equal(res.round > 0, res.valid)
+    assert res.screening is None
+    assert np.all(np.diff([r["valid"] for r in res.rounds]) >= 0)
+
+
+@pytest.mark.slow  # the Tersoff screening of both arms: about 40 s
 def test_cli_dual_level_report(tmp_path, capsys):
     """The command end to end (shipped model, shipped conditions): the report's table, the
     screening line, the database and the figure."""

@@ -171,6 +171,7 @@ def test_lbfgs_matches_ase():
     assert np.mean(same_calls) >= 0.9, rows
 
 
+@pytest.mark.slow  # four batch sizes (12, 4, 2, 1), each compiled: about 20 s
 def test_compaction_changes_nothing(monkeypatch):
     """Gathering the running structures into smaller working batches (``min_batch``) leaves
     every structure's trajectory unchanged (same energies, steps and force calls)."""

@@ -75,6 +75,7 @@ def test_model_is_trained_on_the_data(crysim_run):
     assert np.corrcoef(pred[ok], y[ok])[0, 1] > 0.3  # it learned something of the energies
 
 
+@pytest.mark.slow  # resume is checked on the random search in the default suite
 def test_rerun_resumes_to_the_same_result(crysim_run):
     result, db, pot = crysim_run
     n = len(jc.io.connect_db(db))

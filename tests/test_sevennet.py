@@ -171,9 +171,13 @@ def _compare(pot, atoms_list):
 
 
 def test_matches_torch_sevennet0_bulk_and_random(pot):
+    """19 distorted bulk phases and 8 random symmetric crystals of 1-8 atoms (one padded size,
+    one compiled program; the 9-atom quartz and the supercells up to 64 atoms are in the slow
+    112-structure test)."""
     rng = np.random.default_rng(0)
     atoms = bulk_phases(rng) + random_symmetric(["Ga2N2", "Li2O", "Ba1Ti1O3", "Zn2S2"], 2)
-    assert len(atoms) == 28
+    atoms = [a for a in atoms if len(a) <= 8]
+    assert len(atoms) == 27
     assert any(len(a) == 2 for a in atoms)
     _compare(pot, atoms)
 
@@ -227,6 +231,7 @@ def test_gradients_through_wyckoff_reconstruction_match_finite_differences(pot):
     assert np.abs(grads["cell"]).max() > 1e-3  # a real gradient, not a vanishing one
 
 
+@pytest.mark.slow  # the float32 model compiles on its own: about 12 s
 def test_rotation_and_permutation_invariance_and_float32(pot):
     rng = np.random.default_rng(4)
     at = _distorted(bulk("GaAs", "zincblende", a=5.65, cubic=True), rng, 0)
