@@ -157,16 +157,19 @@ def test_relax_on_eight_devices_equals_one(eight_devices):
     # Every row is computed by the same program on one device or on eight, but XLA compiles
     # the per-device shape (2 rows) apart from the whole batch (16 rows) and may sum in a
     # different order: single points agree bit for bit (above), while a relaxation can drift
-    # by ~1e-11 eV and a line search occasionally amplifies that into a different step count
-    # (seen on 1-3 of 16 rows, machine dependent). Rows mixed up or dropped by the sharding
-    # would match on none.
+    # by ~1e-11 eV and a line search occasionally amplifies that into a different path to the
+    # same minimum (1-3 of 16 rows with XLA's MLIR fusion emitters, 6 of 16 with the classic
+    # emitters the suite compiles with: those rows end within the force tolerance of each
+    # other, up to 2.6e-4 eV apart). Rows mixed up or dropped by the sharding would differ by
+    # tenths of an eV and match on none.
     r = eight_devices["relax"]
     e1, e8 = (np.asarray(x) for x in r["energy"])
     s1, s8 = (np.asarray(x) for x in r["steps"])
     assert e1.shape == e8.shape == (16,)
     assert all(r["converged"][0]) and all(r["converged"][1])
+    np.testing.assert_allclose(e8, e1, rtol=0, atol=1e-3)
     same = np.abs(e8 - e1) < 1e-7
-    assert same.sum() >= 12, np.abs(e8 - e1)
+    assert same.sum() >= 8, np.abs(e8 - e1)
     np.testing.assert_array_equal(s8[same], s1[same])
 
 
