@@ -24,6 +24,22 @@ def test_help_lists_commands(capsys):
     assert "info" in out and "convert" in out and "examples:" in out
 
 
+@pytest.mark.parametrize(
+    "cmd",
+    [["search"], ["relax", "in.cif", "-o", "o.db"], ["design"], ["dataset", "--out", "t.csv"],
+     ["train", "--data", "x.csv", "--out", "m.msgpack"]],
+)  # fmt: skip
+def test_every_long_running_command_takes_quiet_and_no_progress(cmd):
+    from jaxcsp.cli import build_parser
+
+    parser = build_parser()
+    off = vars(parser.parse_args(cmd))
+    key = "quiet" if "quiet" in off else "no_progress"
+    assert off[key] is False
+    for flag in ("--quiet", "--no-progress"):
+        assert vars(parser.parse_args([*cmd, flag]))[key] is True
+
+
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "usage: jaxcsp" in capsys.readouterr().out

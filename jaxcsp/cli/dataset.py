@@ -23,7 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=300, help="Algorithm 1 steps (300)")
     p.add_argument("--depth", type=int, default=2, help="subgroup levels of the augmentation (2)")
     p.add_argument("--out", required=True, help="CSV file to write")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bar"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -82,7 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--no-baseline", action="store_true", help="skip Algorithm 1 alone")
     g.add_argument("--no-screen", action="store_true", help="skip relaxation and ranking")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bar"
+    )
 
 
 def _dual(args: argparse.Namespace) -> int:

@@ -43,7 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=1000, help="steps per structure (1000)")
     p.add_argument("--max-atoms", type=int, default=2048, help="atom cap per batch, N_max (2048)")
     p.add_argument("--refill-every", type=int, default=10, help="steps between refills (10)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bar"
+    )
 
 
 def _kv(text: str) -> dict:

@@ -173,7 +173,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "both side by side",
     )
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress display"
+    )
 
 
 def _table(result, top: int) -> str:

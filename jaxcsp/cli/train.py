@@ -28,7 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="minibatch size (256)")
     p.add_argument("--latent-dim", type=int, default=32, help="latent dimension (32)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bar"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
