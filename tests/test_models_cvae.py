@@ -48,7 +48,7 @@ def model():
 # ----------------------------------------------------------------------------- GMM
 
 
-@settings(max_examples=25)
+@settings(max_examples=12)
 @given(
     st.lists(st.floats(-5, 5), min_size=1, max_size=4),
     st.integers(0, 2**31 - 1),
