@@ -45,8 +45,8 @@ def dataset():
     c = random_si8(0, 2 * N_TRAIN)
     _, ref = labels(c)
     n = N_TRAIN
-    train = labelled_data(c.take(np.arange(n)), ref.energy[:n], ref.forces[:n], ref.stress[:n])
-    return train, c.take(np.arange(n, 2 * n)), jax.tree.map(lambda a: a[n:], ref)
+    data = labelled_data(c.take(np.arange(n)), ref.energy[:n], ref.forces[:n], ref.stress[:n])
+    return data, c.take(np.arange(n, 2 * n)), jax.tree.map(lambda a: a[n:], ref)
 
 
 def train(train_data):
