@@ -26,7 +26,6 @@ Contract:
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -47,10 +46,6 @@ __all__ = [
 ]
 
 Array = jax.Array
-
-#: Neighbor capacities are rounded up to a multiple of this, so small changes in the data reuse
-#: the same compiled program.
-CAPACITY_QUANTUM = 8
 
 
 class Results(NamedTuple):
@@ -184,7 +179,8 @@ def build_neighbors(
     """Neighbor lists for ``potential`` on a concrete batch (host side; ``None`` if not needed).
 
     The capacity is counted from the data, rounded up to a multiple of
-    :data:`CAPACITY_QUANTUM` and re-allocated on overflow, so the list is never truncated.
+    :data:`jaxcsp.neighbors.CAPACITY_QUANTUM` and re-allocated on overflow, so the list is never
+    truncated.
 
     Args:
       potential: the potential (its ``cutoff`` in Å).
@@ -201,8 +197,7 @@ def build_neighbors(
 
     cutoff = float(potential.cutoff) + float(skin)
     spec = nb.neighbor_list_spec(crystals, cutoff, method=method, capacity_headroom=0.0)
-    k = CAPACITY_QUANTUM * max(1, math.ceil(spec.max_neighbors / CAPACITY_QUANTUM))
-    return nb.neighbor_list(crystals, cutoff, max_neighbors=k, method=method)
+    return nb.neighbor_list(crystals, cutoff, max_neighbors=spec.max_neighbors, method=method)
 
 
 def calculate(

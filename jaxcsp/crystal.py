@@ -186,14 +186,15 @@ class Crystals:
 
     def wrap(self) -> Crystals:
         """Wrap fractional coordinates into ``[0, 1)`` (differentiable; padding stays 0)."""
-        w = self.frac - jnp.floor(self.frac)
-        w = jnp.where(w >= 1.0, w - 1.0, w)  # -1e-17 - floor(-1e-17) rounds to exactly 1.0
-        w = jnp.where(self.mask[..., None], w, jnp.zeros_like(w))
-        return self.replace(frac=w)
+        return self.replace(frac=_wrap_frac(self.frac, self.mask))
 
     def take(self, indices: Any) -> Crystals:
         """Sub-batch by integer indices ``(K,)`` (or a boolean mask on the host). Traceable."""
-        return jax.tree.map(lambda x: jnp.take(x, jnp.asarray(indices), axis=0), self)
+        if not isinstance(indices, jax.core.Tracer):
+            indices = np.asarray(indices)
+            if indices.dtype == bool:
+                indices = np.flatnonzero(indices)
+        return _take(self, indices)
 
     def validate(self, *, source: str | None = None) -> Crystals:
         """Check this (concrete, batched) crystal batch on the host; return it unchanged.
@@ -482,6 +483,20 @@ def _as_batch(c: Crystals) -> Crystals:
     if np.ndim(c.lattice) == 2:
         return jax.tree.map(lambda x: jnp.asarray(x)[None], c)
     return c
+
+
+# Jitted bodies of Crystals methods: called eagerly they are one compiled program per shape
+# instead of one per operation.
+@jax.jit
+def _wrap_frac(frac: Array, mask: Array) -> Array:
+    w = frac - jnp.floor(frac)
+    w = jnp.where(w >= 1.0, w - 1.0, w)  # -1e-17 - floor(-1e-17) rounds to exactly 1.0
+    return jnp.where(mask[..., None], w, jnp.zeros_like(w))
+
+
+@jax.jit
+def _take(crystals: Crystals, indices: Array) -> Crystals:
+    return jax.tree.map(lambda x: jnp.take(x, indices, axis=0), crystals)
 
 
 def pad(crystals: Crystals, max_atoms: int) -> Crystals:

@@ -67,6 +67,7 @@ __all__ = [
     "edge_vectors",
     "neighbor_list",
     "neighbor_list_spec",
+    "round_up_capacity",
     "update",
 ]
 
@@ -79,6 +80,9 @@ _FRAC_EPS = _pk.FRAC_EPS
 METHODS = ("auto", "xla", "pallas")
 #: Upper bound on candidate images per pair (guards against absurd cutoff / width ratios).
 MAX_IMAGES = 16384
+#: Counted neighbor capacities are rounded up to a multiple of this, so that batches of similar
+#: density reuse the same compiled programs.
+CAPACITY_QUANTUM = 8
 
 
 class NeighborListOverflowError(JaxcspError, RuntimeError):
@@ -390,6 +394,7 @@ def neighbor_list_spec(
     method: str = "auto",
     capacity_headroom: float = 0.25,
     cell_headroom: float = 0.05,
+    round_capacity: bool = True,
 ) -> NeighborListSpec:
     """Choose the static shapes of a neighbor list from concrete data (host side).
 
@@ -397,12 +402,15 @@ def neighbor_list_spec(
       crystals: concrete batch (not traced).
       cutoff: cutoff radius in Å (positive, finite).
       max_neighbors: capacity ``K``; ``None`` counts the neighbors of the data and adds
-        ``capacity_headroom``.
+        ``capacity_headroom``, rounded up to a multiple of :data:`CAPACITY_QUANTUM` when
+        ``round_capacity`` (batches of similar density then share compiled programs).
       method: ``"auto"`` (Pallas on GPU, XLA elsewhere), ``"xla"`` or ``"pallas"`` (off GPU the
         kernel runs in interpret mode: correct, slow).
       capacity_headroom: relative head-room on the counted capacity.
       cell_headroom: relative amount by which cell widths may shrink before :func:`update`
         reports an image-range overflow.
+      round_capacity: round a counted capacity up to a multiple of :data:`CAPACITY_QUANTUM`
+        (``False``: exactly the count plus head-room).
 
     Returns:
       A hashable :class:`NeighborListSpec`.
@@ -430,7 +438,14 @@ def neighbor_list_spec(
     if max_neighbors is None:
         counted = _host_max_neighbors(crystals, cutoff, widths)
         max_neighbors = max(1, math.ceil(counted * (1.0 + capacity_headroom)))
+        if round_capacity:
+            max_neighbors = round_up_capacity(max_neighbors)
     return NeighborListSpec(cutoff, max_neighbors, images, resolved, interpret)
+
+
+def round_up_capacity(k: int) -> int:
+    """Smallest multiple of :data:`CAPACITY_QUANTUM` that is ``>= k`` (and ``>= 1``)."""
+    return CAPACITY_QUANTUM * max(1, math.ceil(int(k) / CAPACITY_QUANTUM))
 
 
 def _host_max_neighbors(crystals: Crystals, cutoff: float, widths: np.ndarray) -> int:
@@ -503,9 +518,8 @@ def neighbor_list(
         if not bool(np.any(np.asarray(nl.overflow))):
             return nl
         counted = int(np.max(np.asarray(max_count)))
-        spec = dataclasses.replace(
-            spec, max_neighbors=max(spec.max_neighbors + 1, math.ceil(counted * 1.25))
-        )
+        grown = max(spec.max_neighbors + 1, math.ceil(counted * 1.25))
+        spec = dataclasses.replace(spec, max_neighbors=round_up_capacity(grown))
     raise NeighborListOverflowError(
         f"neighbor list still overflows after re-allocation (K={spec.max_neighbors})"
     )
@@ -514,6 +528,7 @@ def neighbor_list(
 # ---------------------------------------------------------------------- edge helpers
 
 
+@jax.jit
 def edge_vectors(crystals: Crystals, neighbors: Neighbors) -> Array:
     """Vectors from each atom to its neighbors, ``r_j - r_i + shift @ lattice``.
 
@@ -541,6 +556,7 @@ def edge_vectors(crystals: Crystals, neighbors: Neighbors) -> Array:
     return jnp.where(neighbors.mask[..., None], v, jnp.zeros_like(v))
 
 
+@jax.jit
 def distances(crystals: Crystals, neighbors: Neighbors) -> Array:
     """Lengths of :func:`edge_vectors`, ``(B, N, K)`` in Å; 0 in masked slots.
 
@@ -789,6 +805,7 @@ def edge_list_spec(
     )
 
 
+@jax.jit
 def edge_list(spec: EdgeListSpec, crystals: Crystals) -> EdgeList:
     """Test the candidates of ``spec`` on (moved) ``crystals`` and compact the edges (jit-safe).
 
@@ -843,6 +860,7 @@ def edge_list(spec: EdgeListSpec, crystals: Crystals) -> EdgeList:
     )
 
 
+@jax.jit
 def edge_list_vectors(crystals: Crystals, edges: EdgeList) -> Array:
     """Edge vectors ``r_j - r_i + shift @ lattice`` ``(E, 3)`` in Å (zero in unused slots).
 

@@ -226,6 +226,7 @@ def test_bad_settings_are_named():
         basin_hopping(0)
 
 
+@pytest.mark.slow  # the driver's storage and resume run on the random search by default
 def test_a_basin_search_stores_every_member_and_resumes(tmp_path):
     """Two iterations of four members on Si8 (Stillinger-Weber) through the one driver: eight
     rows, each member's current structure is a relaxed candidate, and a rerun reads the

@@ -1,6 +1,6 @@
 """The CRYSIM method on the search layer: data, model, annealing and decoding per iteration.
 
-A small run (Si8, Stillinger-Weber, 64 initial single points, 3 CRYSIM iterations of 4
+A small run (Si8, Stillinger-Weber, 64 initial single points, 2 CRYSIM iterations of 4
 candidates, a 4x4x4 voxel grid) checked for the loop's bookkeeping; the search quality runs are
 slow (``pytest -m slow``).
 """
@@ -14,7 +14,7 @@ import jaxcsp as jc
 
 pytestmark = pytest.mark.xdist_group("search_crysim")
 
-KW = dict(seed=1, max_iterations=4, progress=False)
+KW = dict(seed=1, max_iterations=3, progress=False)
 
 
 def _method():
@@ -31,7 +31,7 @@ def crysim_run(tmp_path_factory):
 def test_initial_data_are_single_points_then_relaxed_candidates(crysim_run):
     result, db, _ = crysim_run
     rows = sorted(jc.io.connect_db(db).select(), key=lambda r: r.input_id)
-    assert len(rows) == 64 + 3 * 4
+    assert len(rows) == 64 + 2 * 4
     assert {r.status for r in rows[:64]} <= {"single_point", "exploded"}
     assert all(r.force_calls == 1 and r.steps == 0 for r in rows[:64])
     assert {r.status for r in rows[64:]} <= {"converged", "max_steps", "invalid"}
@@ -48,8 +48,8 @@ def test_data_bits_describe_the_structures_and_energies_are_the_rows(crysim_run)
         "Si8", length_range=tuple(float(v) for v in pop["length_range"]), ldr=4
     )
     bits, energy = pop["bits"], pop["energy"]
-    # iterations 0..2 are in the data (the last proposal awaits the next step)
-    assert bits.shape == (64 + 2 * 4, enc.num_bits)
+    # iterations 0..1 are in the data (the last proposal awaits the next step)
+    assert bits.shape == (64 + 1 * 4, enc.num_bits)
     rows = sorted(jc.io.connect_db(db).select(), key=lambda r: r.input_id)
     for k in range(len(energy)):
         r = rows[k]

@@ -120,10 +120,15 @@ def coordination_numbers(
     Returns:
       ``(B, N)`` int32 coordination numbers (0 for padding).
     """
-    from jaxcsp.neighbors import distances
-
     table = bond_cutoffs(factor, radii)
     nl = _neighbors(crystals, neighbors, _max_cutoff(crystals, table) if neighbors is None else 0)
+    return _coordination(crystals, nl, table)
+
+
+@jax.jit
+def _coordination(crystals: Crystals, nl: Any, table: Array) -> Array:
+    from jaxcsp.neighbors import distances
+
     d = distances(crystals, nl)
     bonded = nl.mask & (d < _pair_cutoffs(crystals, nl.index, table))
     return jnp.sum(bonded & crystals.mask[..., None], axis=-1, dtype=jnp.int32)

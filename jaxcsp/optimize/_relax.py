@@ -378,7 +378,7 @@ _REUSE_IMAGES, _REUSE_CAPACITY = 2.0, 1.5
 
 def _quantize_capacity(k: int) -> int:
     """Round a capacity up to the grid 8, 12, 16, 24, 32, 48, ... (< 1.5x, few values)."""
-    from jaxcsp.calculator import CAPACITY_QUANTUM
+    from jaxcsp.neighbors import CAPACITY_QUANTUM
 
     k = max(int(k), CAPACITY_QUANTUM)
     p = 1 << (k - 1).bit_length()

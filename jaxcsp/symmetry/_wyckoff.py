@@ -141,7 +141,7 @@ class WyckoffCrystals:
     def take(self, indices: Any) -> WyckoffCrystals:
         """Sub-batch ``indices`` (host-side gather; keeps the padded S and N)."""
         idx = np.asarray(indices)
-        return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)[idx]), self)
+        return jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x)[idx]), self)
 
     @classmethod
     def create(
@@ -261,15 +261,13 @@ class WyckoffCrystals:
             atom_site[i, : counts[i]] = atoms_site[i]
             atom_op[i, : counts[i]] = atoms_op[i]
             atom_mask[i, : counts[i]] = True
-        dt = jnp.asarray(0.0).dtype if dtype is None else jnp.dtype(dtype)
+        dt = jax.dtypes.canonicalize_dtype(float if dtype is None else dtype)
         fl = {"cell", "coords", "cell_fixed"}
-        fields = {k: jnp.asarray(v, dtype=dt if k in fl else None) for k, v in out.items()}
-        return cls(
-            **fields,
-            atom_site=jnp.asarray(atom_site),
-            atom_op=jnp.asarray(atom_op),
-            atom_mask=jnp.asarray(atom_mask),
-        )
+        # device_put, not jnp.asarray: no compiled program per shape for a host-to-device copy
+        put = jax.device_put
+        fields = {k: put(np.asarray(v, dtype=dt if k in fl else None)) for k, v in out.items()}
+        atoms = {"atom_site": atom_site, "atom_op": atom_op, "atom_mask": atom_mask}
+        return cls(**fields, **{k: put(v) for k, v in atoms.items()})
 
 
 def _valid_angles(angles_deg: np.ndarray) -> np.ndarray:
@@ -385,6 +383,13 @@ def reconstruct(wc: WyckoffCrystals, *, wrap: bool = True) -> Crystals:
     """
     if not any(isinstance(x, jax.core.Tracer) for x in (wc.cell, wc.coords)):
         validate_free_variables(wc)
+    return _reconstruct(wc, wrap=wrap)
+
+
+@functools.partial(jax.jit, static_argnames=("wrap",))
+def _reconstruct(wc: WyckoffCrystals, *, wrap: bool) -> Crystals:
+    """:func:`reconstruct` without the host check: one compiled program per shape (eager calls
+    would otherwise compile each of its operations on its own)."""
     dtype = jnp.result_type(wc.coords.dtype, wc.cell.dtype)
     rot_t, trans_t = _op_table(np.dtype(dtype))
     cell = expand_cell(wc.cell, wc.cell_source, wc.cell_fixed.astype(wc.cell.dtype))
