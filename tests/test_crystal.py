@@ -148,6 +148,11 @@ def test_take_pad_concatenate_unstack_compact():
     c = _batch()
     sub = jax.jit(lambda x: x.take(jnp.array([2, 0])))(c)
     assert_trees_all_equal(sub.frac, c.frac[jnp.array([2, 0])])
+    # a host boolean mask selects its True rows (as numpy does), eagerly
+    picked = c.take(np.array([True, False, True]))
+    assert_trees_all_equal(picked, c.take(np.array([0, 2])))
+    assert picked.batch_size == 2
+    assert_trees_all_equal(c.take([2, 0]), sub)
     padded = jc.pad(c, 7)
     assert padded.max_atoms == 7 and not bool(padded.mask[:, 4:].any())
     assert_trees_all_equal(jc.pad(padded, 4), c)
