@@ -140,7 +140,16 @@ def test_bad_input_raises_typed_errors():
 # ---------------------------------------------------------------------- descriptors on edges
 
 
-def test_spectra_and_losses_match_the_dense_path():
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(cn_weight=1.0),
+        # a second loss: two more compiled value-and-grad programs
+        pytest.param(dict(weighting="site", weight_on=True), marks=pytest.mark.slow),
+    ],
+    ids=["cn", "site"],
+)
+def test_spectra_and_losses_match_the_dense_path(opts):
     from jaxcsp.descriptors import (
         descriptor_loss,
         edge_list_spec_for_sites,
@@ -166,15 +175,14 @@ def test_spectra_and_losses_match_the_dense_path():
     cut = loss_cutoff(wc, 2.0, cn_weight=1.0)
     dense_spec = neighbor_list_spec(reconstruct(wc), cut, capacity_headroom=1.0)
     sparse_spec = edge_list_spec_for_sites(wc, cut)
-    for opts in (dict(cn_weight=1.0), dict(weighting="site", weight_on=True)):
 
-        def loss(cell, coords, spec, opts=opts):
-            x = wc.replace(cell=cell, coords=coords)
-            return jnp.sum(descriptor_loss(x, ref, spec, **opts)[0])
+    def loss(cell, coords, spec):
+        x = wc.replace(cell=cell, coords=coords)
+        return jnp.sum(descriptor_loss(x, ref, spec, **opts)[0])
 
-        vg = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
-        a = vg(wc.cell, wc.coords, dense_spec)
-        b = vg(wc.cell, wc.coords, sparse_spec)
-        np.testing.assert_allclose(a[0], b[0], rtol=1e-10)
-        for ga, gb in zip(a[1], b[1], strict=True):
-            np.testing.assert_allclose(ga, gb, rtol=1e-8, atol=1e-8 * float(jnp.abs(ga).max()))
+    vg = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
+    a = vg(wc.cell, wc.coords, dense_spec)
+    b = vg(wc.cell, wc.coords, sparse_spec)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-10)
+    for ga, gb in zip(a[1], b[1], strict=True):
+        np.testing.assert_allclose(ga, gb, rtol=1e-8, atol=1e-8 * float(jnp.abs(ga).max()))
