@@ -190,7 +190,13 @@ class Crystals:
 
     def take(self, indices: Any) -> Crystals:
         """Sub-batch by integer indices ``(K,)`` (or a boolean mask on the host). Traceable."""
-        if not isinstance(indices, jax.core.Tracer):
+        if isinstance(indices, jax.core.Tracer) and indices.dtype == bool:
+            raise TypeError(
+                "Crystals.take: a boolean mask selects a data-dependent number of rows; inside "
+                "jit pass integer indices (e.g. jnp.nonzero(mask, size=K)[0])"
+            )
+        if not isinstance(indices, jax.Array) or indices.dtype == bool:
+            # host indices (or a concrete boolean mask): numpy's meaning, on the host
             indices = np.asarray(indices)
             if indices.dtype == bool:
                 indices = np.flatnonzero(indices)

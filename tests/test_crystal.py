@@ -153,6 +153,8 @@ def test_take_pad_concatenate_unstack_compact():
     assert_trees_all_equal(picked, c.take(np.array([0, 2])))
     assert picked.batch_size == 2
     assert_trees_all_equal(c.take([2, 0]), sub)
+    with pytest.raises(TypeError, match="boolean mask"):
+        jax.jit(lambda x, m: x.take(m))(c, jnp.ones(3, bool))
     padded = jc.pad(c, 7)
     assert padded.max_atoms == 7 and not bool(padded.mask[:, 4:].any())
     assert_trees_all_equal(jc.pad(padded, 4), c)
