@@ -215,7 +215,7 @@ def test_relax_stops_where_the_ensemble_is_unsure(trained):
     assert "uncertain" in names
 
 
-@pytest.mark.slow  # a second relaxation program (unguarded) of the ensemble: about 6 s
+@pytest.mark.slow  # two more relaxation programs of the ensemble (unguarded, guarded): about 20 s
 def test_a_guard_that_never_fires_changes_nothing(trained):
     from jaxcsp.optimize import relax
 
