@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from jaxcsp.cli._common import add_progress_flag
+
 NAME = "dataset"
 HELP = "build the sp2 carbon training set (design, CN=3, dedup, subgroup augmentation)"
 DESCRIPTION = """\
@@ -23,9 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=300, help="Algorithm 1 steps (300)")
     p.add_argument("--depth", type=int, default=2, help="subgroup levels of the augmentation (2)")
     p.add_argument("--out", required=True, help="CSV file to write")
-    p.add_argument(
-        "--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bar"
-    )
+    add_progress_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:

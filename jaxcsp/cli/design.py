@@ -6,6 +6,8 @@ import argparse
 
 import numpy as np
 
+from jaxcsp.cli._common import add_progress_flag
+
 NAME = "design"
 HELP = "optimise random symmetric carbon toward graphite's SO(3) spectrum; count CN=3 hits"
 DESCRIPTION = """\
@@ -82,9 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--no-baseline", action="store_true", help="skip Algorithm 1 alone")
     g.add_argument("--no-screen", action="store_true", help="skip relaxation and ranking")
-    p.add_argument(
-        "--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bar"
-    )
+    add_progress_flag(p)
 
 
 def _dual(args: argparse.Namespace) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 
+from jaxcsp.cli._common import add_progress_flag
+
 NAME = "relax"
 HELP = "relax many structures with a potential (batched BFGS+line search / FIRE / L-BFGS)"
 DESCRIPTION = """\
@@ -43,9 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=1000, help="steps per structure (1000)")
     p.add_argument("--max-atoms", type=int, default=2048, help="atom cap per batch, N_max (2048)")
     p.add_argument("--refill-every", type=int, default=10, help="steps between refills (10)")
-    p.add_argument(
-        "--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress bar"
-    )
+    add_progress_flag(p)
 
 
 def _kv(text: str) -> dict:
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         pressure=args.pressure * GPa,
         refill_every=args.refill_every,
-        progress=not args.quiet,
+        progress=not args.no_progress,
     )
     invalid = summary.statuses.get("invalid", 0)
     if invalid:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from jaxcsp.cli._common import add_progress_flag
+
 NAME = "search"
 HELP = "search for the lowest-energy crystal structures of a composition"
 DESCRIPTION = """\
@@ -173,9 +175,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "both side by side",
     )
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
-    p.add_argument(
-        "--quiet", "--no-progress", dest="quiet", action="store_true", help="no progress display"
-    )
+    add_progress_flag(p)
 
 
 def _table(result, top: int) -> str:
@@ -455,7 +455,7 @@ def run(args: argparse.Namespace) -> int:
         reference=args.reference,
         window=args.window,
         stop_at_reference=args.until_found,
-        progress=not args.quiet,
+        progress=not args.no_progress,
     )
     results = []
     for method, db in zip(methods, dbs, strict=True):

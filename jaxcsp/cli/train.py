@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from jaxcsp.cli._common import add_progress_flag
+
 NAME = "train"
 HELP = "train the symmetry-conditioned VAE on tabular crystals (CSV from `jaxcsp dataset`)"
 DESCRIPTION = """\
@@ -28,9 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="minibatch size (256)")
     p.add_argument("--latent-dim", type=int, default=32, help="latent dimension (32)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument(
-        "--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bar"
-    )
+    add_progress_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
