@@ -12,6 +12,7 @@ elements with 2-64 atoms.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import pathlib
@@ -30,8 +31,12 @@ from jaxcsp.calculator import calculate_with_neighbors
 from jaxcsp.errors import InvalidStructureError
 from jaxcsp.potentials import _sevennet as sn
 
-pytest.importorskip("torch")
-pytest.importorskip("sevenn")
+# skipped without the ``mlip`` extra, decided without importing torch: collecting this file in a
+# pytest-xdist worker that does not run it costs nothing (importing torch and sevenn took 3.5 s)
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None or importlib.util.find_spec("sevenn") is None,
+    reason="needs the mlip extra (torch, sevenn)",
+)
 
 from tests.sevennet_reference import torch_sevennet
 
