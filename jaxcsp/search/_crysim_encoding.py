@@ -104,6 +104,7 @@ from jaxcsp.symmetry import (
     wyckoff_combinations,
     wyckoff_positions,
 )
+from jaxcsp.symmetry._generate import min_pair_margin
 
 __all__ = [
     "CrysimEncoding",
@@ -649,23 +650,10 @@ def encode(enc: CrysimEncoding, structures: Any) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- decode
 
-_SHIFTS = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], float)
-
 
 def _mid_one(lattice, frac, mask):
     """Minimum interatomic distance (Å) of one crystal, own periodic images included."""
-    d = frac[:, None, :] - frac[None, :, :]
-    d = d - jnp.round(d)
-    cart = d @ lattice
-    pair = mask[:, None] & mask[None, :]
-    not_self = ~jnp.eye(frac.shape[0], dtype=bool)
-    best = jnp.asarray(jnp.inf, frac.dtype)
-    for k, shift in enumerate(_SHIFTS):  # unrolled: memory stays O(N^2)
-        v = cart + jnp.asarray(shift, frac.dtype) @ lattice
-        r2 = jnp.sum(v * v, axis=-1)
-        valid = pair if k != 13 else pair & not_self
-        best = jnp.minimum(best, jnp.min(jnp.where(valid, r2, jnp.inf)))
-    return jnp.sqrt(best)
+    return min_pair_margin(lattice, frac, jnp.zeros(frac.shape[:1], frac.dtype), mask, 0.0)
 
 
 @jax.jit

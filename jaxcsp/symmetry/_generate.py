@@ -90,29 +90,36 @@ def _random_cells(rng, spgs, volumes, max_ratio) -> np.ndarray:
 
 
 _SHIFTS = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], float)
+_ZERO_SHIFT = 13  # the row of _SHIFTS that is (0, 0, 0)
 
 
-def _margin_one(lattice, frac, radius, mask, factor):
-    """Smallest ``d_ij - tol_ij`` over pairs and the 27 nearest images, one crystal."""
+def min_pair_margin(lattice, frac, radius, mask, factor):
+    """Smallest ``d_ij - factor (r_i + r_j)`` over pairs and the 27 nearest images, one crystal.
+
+    ``lattice (3, 3)`` Å, ``frac (N, 3)``, ``radius (N,)`` Å, ``mask (N,)``, ``factor`` scalar;
+    returns a scalar in Å (the minimum interatomic distance for zero radii or factor).
+    """
     d = frac[:, None, :] - frac[None, :, :]
     d = d - jnp.round(d)
     cart = d @ lattice  # (N,N,3)
     tol = factor * (radius[:, None] + radius[None, :])
     pair = mask[:, None] & mask[None, :]
     not_self = ~jnp.eye(frac.shape[0], dtype=bool)
-    best = jnp.asarray(jnp.inf, frac.dtype)
-    for k, shift in enumerate(_SHIFTS):  # unrolled: memory stays O(N^2)
-        v = cart + jnp.asarray(shift, frac.dtype) @ lattice
+    shifts = jnp.asarray(_SHIFTS, frac.dtype) @ lattice  # (27, 3)
+
+    def image(k, best):  # one image at a time: memory stays O(N^2), one loop body to compile
+        v = cart + shifts[k]
         r = jnp.sqrt(jnp.sum(v * v, axis=-1))
-        valid = pair if k != 13 else pair & not_self
-        best = jnp.minimum(best, jnp.min(jnp.where(valid, r - tol, jnp.inf)))
-    return best
+        valid = pair & (not_self | (k != _ZERO_SHIFT))
+        return jnp.minimum(best, jnp.min(jnp.where(valid, r - tol, jnp.inf)))
+
+    return jax.lax.fori_loop(0, len(_SHIFTS), image, jnp.asarray(jnp.inf, frac.dtype))
 
 
 @jax.jit
 def _margins(c: Crystals, radius_by_z, factor):
     radius = radius_by_z[c.species]
-    return jax.vmap(_margin_one, in_axes=(0, 0, 0, 0, None))(
+    return jax.vmap(min_pair_margin, in_axes=(0, 0, 0, 0, None))(
         c.lattice, c.frac, radius, c.mask, factor
     )
 
