@@ -178,6 +178,30 @@ def test_lbfgs_matches_ase():
     assert np.mean(same_calls) >= 0.9, rows
 
 
+def test_another_hyperparameter_value_compiles_nothing():
+    """``maxstep``/``c1`` (BFGS) and ``dt``/``maxstep`` (FIRE) are traced values: a second call
+    with other values reuses the first call's programs, and the values take effect."""
+    from jaxcsp.errors import InvalidArgumentError
+    from jaxcsp.runtime import CompileCounter
+
+    pot = POTENTIALS["sw"]()
+    c = jc.io.from_ase([a for a in relax_set("sw") if len(a) == 8][:2])
+    cases = [
+        ("bfgs_linesearch", dict(maxstep=0.1), dict(maxstep=0.15, c1=0.2)),
+        ("fire", dict(dt=0.1), dict(dt=0.05, maxstep=0.1)),
+    ]
+    for method, first, second in cases:
+        a = relax(c, pot, method=method, max_steps=8, **first)
+        with CompileCounter() as cc:
+            b = relax(c, pot, method=method, max_steps=8, **second)
+        assert cc.count == 0, (method, cc.count)
+        assert not np.allclose(np.asarray(a.crystals.frac), np.asarray(b.crystals.frac))
+    with pytest.raises(InvalidArgumentError, match="maxstp"):
+        relax(c, pot, maxstp=0.1)
+    with pytest.raises(InvalidArgumentError, match="nmin"):
+        relax(c, pot, method="fire", nmin=2.5)
+
+
 @pytest.mark.slow  # four batch sizes (12, 4, 2, 1), each compiled: about 20 s
 def test_compaction_changes_nothing(monkeypatch):
     """Gathering the running structures into smaller working batches (``min_batch``) leaves

@@ -195,6 +195,71 @@ def _objective(potential, spec, cell_filter: str | None) -> Callable:
     return value_and_grad
 
 
+#: optimizer keywords that set array shapes (L-BFGS's ring buffer of curvature pairs): they are
+#: compiled into the program. Every other hyperparameter is a traced value (see
+#: :func:`split_options`): changing ``maxstep``, ``dt`` or ``c1`` reuses the compiled program.
+SHAPE_OPTIONS = frozenset({"memory"})
+
+
+def split_options(method: str, options: dict, dtype: Any) -> tuple[tuple, dict[str, Array]]:
+    """The compiled and the traced hyperparameters of an optimizer (host side).
+
+    Args:
+      method: a key of :data:`METHODS`.
+      options: keyword hyperparameters as given by the caller (any subset of the factory's).
+      dtype: float dtype of the degrees of freedom; real hyperparameters are cast to it.
+
+    Returns:
+      ``(static, traced)``: ``static`` the sorted ``(name, value)`` pairs of
+      :data:`SHAPE_OPTIONS` that were given (hashable, a static argument); ``traced`` every other
+      keyword of the factory, the given value or else its default, as a scalar array (``dtype``
+      for real hyperparameters, int32 for integer ones). Every call thus traces the same
+      pytree, whatever subset the caller names, and one program serves every value.
+
+    Raises:
+      JaxcspError: unknown method.
+      InvalidArgumentError: a keyword the method does not take, or a value that is not a real
+        number (an integer for integer hyperparameters).
+    """
+    import inspect
+
+    from jaxcsp.errors import InvalidArgumentError, JaxcspError
+
+    if method not in METHODS:
+        raise JaxcspError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    params = {
+        name: p.default
+        for name, p in inspect.signature(METHODS[method]).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise InvalidArgumentError(
+            f"{method} takes no option {unknown[0]!r}; its options are {sorted(params)}",
+            argument=unknown[0],
+            value=options[unknown[0]],
+        )
+    static = tuple(sorted((k, v) for k, v in options.items() if k in SHAPE_OPTIONS))
+    traced = {}
+    for name, default in params.items():
+        if name in SHAPE_OPTIONS:
+            continue
+        value = options.get(name, default)
+        integer = isinstance(default, int) and not isinstance(default, bool)
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+            value, bool
+        )
+        if not ok or (integer and not float(value).is_integer()):
+            kind = "an integer" if integer else "a real number"
+            raise InvalidArgumentError(
+                f"{method} option {name!r} must be {kind}, got {value!r}",
+                argument=name,
+                value=value,
+            )
+        traced[name] = jnp.asarray(value, jnp.int32 if integer else dtype)
+    return static, traced
+
+
 def make_optimizer(method: str, value_and_grad: Callable, options: dict | None = None):
     """Build the ``(init_fn, step_fn)`` pair of a named method with keyword ``options``."""
     if method not in METHODS:
@@ -208,8 +273,12 @@ def make_optimizer(method: str, value_and_grad: Callable, options: dict | None =
 
 
 @functools.partial(jax.jit, static_argnames=("method", "options", "cell_filter"))
-def _init(x, row_mask, data, potential, spec, fmax, max_steps, *, method, options, cell_filter):
-    opt = make_optimizer(method, _objective(potential, spec, cell_filter), dict(options))
+def _init(
+    x, row_mask, data, potential, spec, fmax, max_steps, *, method, options, cell_filter, hyper
+):
+    opt = make_optimizer(
+        method, _objective(potential, spec, cell_filter), {**dict(options), **hyper}
+    )
     return opt.init_fn(x, row_mask, data, fmax=fmax, max_steps=max_steps)
 
 
@@ -265,9 +334,11 @@ def _check_start(state, data, potential, spec, max_uncertainty, *, cell_filter):
 )
 def _run(
     state, data, potential, spec, max_uncertainty=None, energy_floor=None, *, method, options,
-    cell_filter, n_steps, guarded=False,
+    cell_filter, hyper, n_steps, guarded=False,
 ):  # fmt: skip
-    opt = make_optimizer(method, _objective(potential, spec, cell_filter), dict(options))
+    opt = make_optimizer(
+        method, _objective(potential, spec, cell_filter), {**dict(options), **hyper}
+    )
 
     def cond(carry):
         i, st, bad = carry
@@ -541,7 +612,8 @@ def drive(
     """
     from jaxcsp import parallel
 
-    kw = dict(method=method, options=tuple(sorted(options.items())), cell_filter=mode)
+    static, hyper = split_options(method, options, x0.dtype)
+    kw = dict(method=method, options=static, cell_filter=mode, hyper=hyper)
 
     def place(tree):
         return parallel.shard_batch(tree, mesh)
@@ -699,7 +771,8 @@ def relax(
         ever larger neighbor lists (e.g. SevenNet-0 from a random SiO2 start with O–O at
         0.7 Å: -8.5e13 eV/atom and 570 neighbors per atom after 200 steps). The default
         -1000 eV/atom is far below any cohesive energy; ``None``: no floor.
-      **options: optimizer hyperparameters (e.g. ``maxstep``, ``c1``, ``dt``).
+      **options: optimizer hyperparameters (e.g. ``maxstep``, ``c1``, ``dt``); traced values,
+        so another value reuses the compiled program (except L-BFGS's ``memory``, a shape).
 
     Returns:
       :class:`RelaxResult`, one row per input structure. Structures with two atoms closer
@@ -712,7 +785,7 @@ def relax(
       InvalidArgumentError: ``max_uncertainty`` not positive or the potential has no
         ``uncertainty_fn``; ``fmax``/``symprec`` not positive and finite, ``pressure`` not
         finite, ``max_steps``/``chunk`` not an integer >= 1, ``min_batch`` negative,
-        ``min_energy_per_atom`` not finite.
+        ``min_energy_per_atom`` not finite; an optimizer option the method does not take.
       JaxcspError: unknown method or cell filter.
     """
     from jaxcsp.crystal import find_overlaps

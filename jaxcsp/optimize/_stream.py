@@ -49,6 +49,7 @@ from jaxcsp.optimize._relax import (
     final_results,
     initial_dofs,
     make_data,
+    split_options,
 )
 from jaxcsp.runtime import release_compiled_programs
 
@@ -282,7 +283,8 @@ def relax_stream(
     Raises:
       StructureFileError: unreadable source or unusable database path.
       InvalidArgumentError: a numeric argument out of range (``fmax``, ``max_steps``,
-        ``pressure``, ``max_atoms``, ``refill_every``, ``min_energy_per_atom``).
+        ``pressure``, ``max_atoms``, ``refill_every``, ``min_energy_per_atom``), or an
+        optimizer option the method does not take.
       InvalidStructureError: an input holds an element the potential does not cover
         (``index`` = its input id).
       JaxcspError: bad arguments, or a database that holds rows of a different source.
@@ -302,6 +304,8 @@ def relax_stream(
         max_atoms=max_atoms,
         refill_every=refill_every,
     )
+    # the structures are read as the default float dtype (float64 with x64)
+    static, hyper = split_options(method, options, jnp.result_type(float))
     floor_per_atom = None
     if min_energy_per_atom is not None:
         floor_per_atom = float(check_real("min_energy_per_atom", min_energy_per_atom,
@@ -328,8 +332,7 @@ def relax_stream(
         extra = {i: dict(kv) for i, kv in zip(ids, rows, strict=True)}
     work, skipped, written = _prepare(images, potential, done, con, ids, extra)
     statuses: dict[str, int] = {"invalid": written} if written else {}
-    opts = tuple(sorted(options.items()))
-    kw = dict(method=method, options=opts, cell_filter=cell_filter)
+    kw = dict(method=method, options=static, cell_filter=cell_filter, hyper=hyper)
     compiles = 0
 
     bar = None

@@ -142,7 +142,8 @@ def _crystal_margins(c: Crystals, distance_factor: float, chunk: int) -> np.ndar
     for s in range(0, b, size):
         take = np.arange(s, min(s + size, b))
         idx = np.concatenate([take, np.full(size - len(take), take[-1])])
-        sub = jax.tree_util.tree_map(lambda x, idx=idx: jnp.asarray(x[idx]), host)
+        # device_put, not jnp.asarray: the latter compiles a copy program per shape
+        sub = jax.device_put(jax.tree_util.tree_map(lambda x, idx=idx: x[idx], host))
         out.append(np.asarray(_margins(sub, radius, distance_factor))[: len(take)])
     return np.concatenate(out) if out else np.zeros(0)
 
