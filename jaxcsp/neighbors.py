@@ -767,7 +767,7 @@ def edge_list_spec(
         "center": cr * n + ctr[cr, rr],
         "neighbor": cr * n + jj,
         "crystal": cr,
-        "offset": np.stack([t // (m2 * m3), (t // m3) % m2, t % m3], -1),
+        "offset": np.stack(_pk.image_offset(t, m2, m3), -1),
     }
     size = _round_up(total)
     pad = size - total

@@ -137,10 +137,14 @@ def pair_lower_shift(w_i: Array, w_j: Array, x: Array) -> Array:
     return jnp.ceil(-x - (w_j - w_i) - FRAC_EPS).astype(jnp.int32)
 
 
-def decode_image(t: Array, images: tuple[int, int, int]) -> Array:
-    """Candidate number ``t`` in ``[0, M)`` -> offset ``(..., 3)`` int32 inside the image box."""
-    _, m2, m3 = images
-    return jnp.stack([t // (m2 * m3), (t // m3) % m2, t % m3], axis=-1).astype(jnp.int32)
+def image_offset(t: Any, m2: Any, m3: Any) -> tuple[Any, Any, Any]:
+    """Candidate number ``t`` in ``[0, M)`` -> its offset ``(t_1, t_2, t_3)`` in the image box.
+
+    The box is ``m_1 × m_2 × m_3`` with the last axis fastest. Integers or integer arrays of any
+    kind (Python, numpy, traced, a Pallas program's scalars); ``m2``, ``m3`` broadcast with ``t``
+    (one box per crystal). Every decoder of candidate numbers uses this one.
+    """
+    return t // (m2 * m3), (t // m3) % m2, t % m3
 
 
 def num_words(images: tuple[int, int, int]) -> int:
@@ -204,9 +208,7 @@ def _candidate_kernel(
     acc = jnp.zeros((g, ti, tj), jnp.int32)
     for b in range(bits):  # static unroll: the image offset is fused into the distance
         t = word * BITS + b
-        t1 = t // (m2 * m3)
-        t2 = (t // m3) % m2
-        t3 = t % m3
+        t1, t2, t3 = image_offset(t, m2, m3)
         ft = [t1.astype(wi[0].dtype), t2.astype(wi[0].dtype), t3.astype(wi[0].dtype)]
         d2 = None
         for c in range(3):
@@ -386,7 +388,7 @@ def _candidate_words_one(w, lattice, mask, x, *, cutoff, images, dense=False):
     diag = jnp.eye(n, dtype=bool)
     rc2 = jnp.asarray(cutoff, w.dtype) ** 2
     t = np.arange(m)
-    box = np.stack([t // (images[1] * images[2]), (t // images[2]) % images[1], t % images[2]], -1)
+    box = np.stack(image_offset(t, images[1], images[2]), -1)
 
     def one_image(t):
         off = [t[0] * lattice[0, c] + t[1] * lattice[1, c] + t[2] * lattice[2, c] for c in range(3)]
@@ -482,8 +484,7 @@ def compact_candidates(
     own = jnp.arange(r, dtype=jnp.int32)[:, None] % n
     j = jnp.where(slot_mask, j, own)
     flat_j = (jnp.arange(r, dtype=jnp.int32)[:, None] - own + j).reshape(-1)
-    m2, m3 = images[1], images[2]
-    t_axes = (t // (m2 * m3), (t // m3) % m2, t % m3)
+    t_axes = image_offset(t, images[1], images[2])
     x_r = jnp.repeat(x, n, axis=0)
     comps = []
     for c in range(3):  # structure of arrays: 1-D gathers, (R, K) planes

@@ -129,8 +129,17 @@ def test_shape_and_block_errors_are_clear():
         pk.candidate_words(w, lat, mask, x, 3.0, images=(1, 1, 1), block=(3, 8, 8), interpret=True)
 
 
-def test_docstring_states_bytes_per_pair():
-    doc = pk.__doc__
-    assert "B per pair" in doc and "H100" in doc
-    assert math.prod((7, 7, 7)) // pk.BITS + 1 == pk.num_words((7, 7, 7))
-    assert jax.default_backend() in ("cpu", "gpu", "tpu")
+def test_candidate_numbering_enumerates_the_image_box():
+    """Candidate ``t`` is the row-major index of its offset in the ``m_1 × m_2 × m_3`` box (the
+    kernel, the XLA twin, the compaction and the edge lists all decode with ``image_offset``),
+    and a pair's candidates fill ``ceil(M / 32)`` words."""
+    for images in [(1, 1, 1), (2, 2, 2), (3, 3, 3), (1, 2, 3), (7, 7, 7)]:
+        t = np.arange(math.prod(images))
+        got = np.stack(pk.image_offset(t, images[1], images[2]), -1)
+        np.testing.assert_array_equal(got, np.array(list(np.ndindex(*images))))
+        assert pk.num_words(images) == -(-len(t) // pk.BITS)
+    # per-crystal boxes broadcast, and traced integers decode the same
+    m2, m3 = np.array([2, 3]), np.array([3, 1])
+    np.testing.assert_array_equal(np.stack(pk.image_offset(5, m2, m3), -1), [[0, 1, 2], [1, 2, 0]])
+    traced = jax.jit(lambda t: jnp.stack(pk.image_offset(t, 3, 4), -1))(jnp.arange(24))
+    np.testing.assert_array_equal(np.asarray(traced), np.array(list(np.ndindex(2, 3, 4))))

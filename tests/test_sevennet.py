@@ -30,6 +30,7 @@ from jaxcsp import neighbors as nb
 from jaxcsp.calculator import calculate_with_neighbors
 from jaxcsp.errors import InvalidStructureError
 from jaxcsp.potentials import _sevennet as sn
+from tests.sevennet_reference import torch_sevennet
 
 # skipped without the ``mlip`` extra, decided without importing torch: collecting this file in a
 # pytest-xdist worker that does not run it costs nothing (importing torch and sevenn took 3.5 s)
@@ -37,8 +38,6 @@ pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("torch") is None or importlib.util.find_spec("sevenn") is None,
     reason="needs the mlip extra (torch, sevenn)",
 )
-
-from tests.sevennet_reference import torch_sevennet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = ROOT / "jaxcsp" / "data" / "structures"
