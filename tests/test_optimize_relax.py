@@ -200,6 +200,10 @@ def test_another_hyperparameter_value_compiles_nothing():
         relax(c, pot, maxstp=0.1)
     with pytest.raises(InvalidArgumentError, match="nmin"):
         relax(c, pot, method="fire", nmin=2.5)
+    with pytest.raises(InvalidArgumentError, match="memory"):
+        relax(c, pot, method="lbfgs", memory=0)
+    with pytest.raises(InvalidArgumentError, match="dt"):
+        relax(c, pot, method="fire", dt=float("nan"))
 
 
 @pytest.mark.slow  # four batch sizes (12, 4, 2, 1), each compiled: about 20 s

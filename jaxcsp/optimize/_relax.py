@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -35,6 +36,7 @@ import jax.scipy.linalg
 import numpy as np
 
 from jaxcsp.crystal import Crystals
+from jaxcsp.errors import InvalidArgumentError, JaxcspError, check_int, check_real
 from jaxcsp.optimize._base import (
     EXPLODED,
     INVALID,
@@ -195,6 +197,13 @@ def _objective(potential, spec, cell_filter: str | None) -> Callable:
     return value_and_grad
 
 
+def _factory(method: str) -> Callable:
+    """The optimizer factory of ``method``; :class:`JaxcspError` naming the choices if unknown."""
+    if method not in METHODS:
+        raise JaxcspError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    return METHODS[method]
+
+
 #: optimizer keywords that set array shapes (L-BFGS's ring buffer of curvature pairs): they are
 #: compiled into the program. Every other hyperparameter is a traced value (see
 #: :func:`split_options`): changing ``maxstep``, ``dt`` or ``c1`` reuses the compiled program.
@@ -221,15 +230,9 @@ def split_options(method: str, options: dict, dtype: Any) -> tuple[tuple, dict[s
       InvalidArgumentError: a keyword the method does not take, or a value that is not a real
         number (an integer for integer hyperparameters).
     """
-    import inspect
-
-    from jaxcsp.errors import InvalidArgumentError, JaxcspError
-
-    if method not in METHODS:
-        raise JaxcspError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     params = {
         name: p.default
-        for name, p in inspect.signature(METHODS[method]).parameters.items()
+        for name, p in inspect.signature(_factory(method)).parameters.items()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
     unknown = sorted(set(options) - set(params))
@@ -239,34 +242,35 @@ def split_options(method: str, options: dict, dtype: Any) -> tuple[tuple, dict[s
             argument=unknown[0],
             value=options[unknown[0]],
         )
-    static = tuple(sorted((k, v) for k, v in options.items() if k in SHAPE_OPTIONS))
-    traced = {}
+    static, traced = [], {}
     for name, default in params.items():
-        if name in SHAPE_OPTIONS:
-            continue
         value = options.get(name, default)
         integer = isinstance(default, int) and not isinstance(default, bool)
-        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-            value, bool
-        )
-        if not ok or (integer and not float(value).is_integer()):
-            kind = "an integer" if integer else "a real number"
+        try:
+            arr = np.asarray(value)
+        except Exception:  # anything that is not a number is reported below
+            arr = np.asarray(None)
+        ok = arr.ndim == 0 and arr.dtype.kind in "iuf" and bool(np.isfinite(arr))
+        if ok and integer:
+            ok = float(arr).is_integer() and (name not in SHAPE_OPTIONS or float(arr) >= 1)
+        if not ok:
+            kind = "an integer" if integer else "a finite real number"
             raise InvalidArgumentError(
                 f"{method} option {name!r} must be {kind}, got {value!r}",
                 argument=name,
                 value=value,
             )
-        traced[name] = jnp.asarray(value, jnp.int32 if integer else dtype)
-    return static, traced
+        if name in SHAPE_OPTIONS:
+            if name in options:
+                static.append((name, int(arr)))
+        else:
+            traced[name] = jnp.asarray(arr, jnp.int32 if integer else dtype)
+    return tuple(sorted(static)), traced
 
 
 def make_optimizer(method: str, value_and_grad: Callable, options: dict | None = None):
     """Build the ``(init_fn, step_fn)`` pair of a named method with keyword ``options``."""
-    if method not in METHODS:
-        from jaxcsp.errors import JaxcspError
-
-        raise JaxcspError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    return METHODS[method](value_and_grad, **(options or {}))
+    return _factory(method)(value_and_grad, **(options or {}))
 
 
 # ---------------------------------------------------------------------- jitted drivers
@@ -530,10 +534,7 @@ def _check_args(method, cell_filter, **numbers):
       JaxcspError: unknown method or cell filter.
       InvalidArgumentError: a numeric argument out of its domain (``error.argument`` names it).
     """
-    from jaxcsp.errors import JaxcspError, check_int, check_real
-
-    if method not in METHODS:
-        raise JaxcspError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    _factory(method)
     if cell_filter not in CELL_FILTERS:
         raise JaxcspError(f"unknown cell_filter {cell_filter!r}; choose None or 'frechet'")
     units = {"fmax": "eV/Å", "symprec": "Å", "pressure": "eV/Å³"}
@@ -802,8 +803,6 @@ def relax(
         **({"symprec": symprec} if symmetric else {}),
     )
     if max_uncertainty is not None:
-        from jaxcsp.errors import InvalidArgumentError, check_real
-
         check_real("max_uncertainty", max_uncertainty)
         if getattr(potential, "uncertainty_fn", None) is None:
             raise InvalidArgumentError(
@@ -813,8 +812,6 @@ def relax(
                 value=max_uncertainty,
             )
     if min_energy_per_atom is not None:
-        from jaxcsp.errors import check_real
-
         check_real("min_energy_per_atom", min_energy_per_atom, positive=False, unit="eV/atom")
     check_species(potential, crystals)
     overlapping = np.array([e is not None for e in find_overlaps(crystals)], bool)
