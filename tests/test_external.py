@@ -6,6 +6,8 @@ The MLIP tests need the ``mlip`` extra (torch CPU, sevenn, chgnet) and skip clea
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -167,6 +169,23 @@ def test_bridge_grad_wrt_wyckoff_free_variables(model):
 
 
 # ---------------------------------------------------------------------- ASE adapters (no extra)
+
+
+def test_optional_submodules_load_on_attribute_access():
+    """``jc.potentials.external`` and ``jc.potentials.ase_calculator`` work after ``import jaxcsp
+    as jc`` alone (checked in a fresh interpreter: this one has imported both already), without
+    importing torch."""
+    code = (
+        "import sys; import jaxcsp as jc; "
+        "print(jc.potentials.external.sevennet.__name__, "
+        "jc.potentials.ase_calculator.JaxcspCalculator.__name__, 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.split() == ["sevennet", "JaxcspCalculator", "False"], out.stderr[-2000:]
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        P.no_such_thing
 
 
 def test_jaxcsp_calculator_drives_ase():

@@ -13,6 +13,8 @@
 Energies, forces and stresses of batches come from :func:`jaxcsp.calculator.calculate`.
 """
 
+import importlib
+
 from jaxcsp.potentials._base import Potential, check_elements, check_species
 from jaxcsp.potentials._bridge import host_potential
 from jaxcsp.potentials._manybody import (
@@ -52,12 +54,15 @@ __all__ = [
 #: names served by :func:`__getattr__` from modules that are imported on first use (the native
 #: SevenNet-0 pulls in e3nn-jax, about 1.5 s of imports that most programs never need)
 _LAZY = {"sevennet0": "_sevennet", "SevenNetCheckpointError": "_sevennet"}
+#: public submodules imported on first attribute access, so that ``jc.potentials.external``
+#: works after ``import jaxcsp as jc`` without importing the submodule by hand
+_SUBMODULES = ("external", "ase_calculator")
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         module = importlib.import_module(f"jaxcsp.potentials.{_LAZY[name]}")
         return getattr(module, name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"jaxcsp.potentials.{name}")
     raise AttributeError(f"module 'jaxcsp.potentials' has no attribute {name!r}")
