@@ -42,7 +42,6 @@ __all__ = [
     "calculate_energy",
     "calculate_with_neighbors",
     "energies",
-    "energy_single",
 ]
 
 Array = jax.Array
@@ -69,11 +68,6 @@ def _deformed(crystal: Crystals, displacement: Array, strain: Array) -> Crystals
     sym = 0.5 * (strain + strain.T)
     frac = crystal.frac + displacement @ jnp.linalg.inv(lattice)
     return crystal.replace(lattice=lattice @ (eye + sym), frac=frac)
-
-
-def energy_single(potential: Potential, crystal: Crystals, neighbors: Any = None) -> Array:
-    """Energy of ONE crystal, ``()`` eV (alias of ``potential.energy``)."""
-    return potential.energy(crystal, neighbors)
 
 
 def _efs_single(potential: Potential, crystal: Crystals, neighbors: Any) -> tuple:

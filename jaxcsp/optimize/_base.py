@@ -93,3 +93,16 @@ def finite_rows(e: Array, g: Array, f_upper: float) -> Array:
     """``(B,)`` True where the value is finite and every gradient entry is finite and ≤ f_upper."""
     gmax = jnp.max(jnp.abs(g), axis=(-2, -1))
     return jnp.isfinite(e) & jnp.all(jnp.isfinite(g), axis=(-2, -1)) & (gmax <= f_upper)
+
+
+def where_rows(mask: Array, a: Any, b: Any) -> Any:
+    """Per-structure select over two pytrees of batched leaves: ``a`` where ``mask`` (B,) bool.
+
+    Every leaf has the batch ``B`` as its leading axis; the result has the leaves' shapes.
+    """
+
+    def sel(x, y):
+        m = mask.reshape(mask.shape + (1,) * (x.ndim - 1))
+        return jnp.where(m, x, y)
+
+    return jax.tree.map(sel, a, b)

@@ -32,7 +32,7 @@ float64 for line searches on energies (the Wolfe tests compare energies).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,7 @@ from jaxcsp.optimize._base import (
     finite_rows,
     masked_fmax,
     row_norms,
+    where_rows,
 )
 from jaxcsp.optimize._linesearch import (
     CONVERGED as LS_CONVERGED,
@@ -116,16 +117,6 @@ def _bdot(a: Array, b: Array) -> Array:
     return jnp.sum(a * b, axis=(-2, -1))
 
 
-def _where(mask: Array, a: Any, b: Any) -> Any:
-    """Per-sample select over pytrees (``mask`` is ``(B,)``)."""
-
-    def sel(x, y):
-        m = mask.reshape(mask.shape + (1,) * (x.ndim - 1))
-        return jnp.where(m, x, y)
-
-    return jax.tree.map(sel, a, b)
-
-
 def bfgs_linesearch(
     value_and_grad: Callable,
     *,
@@ -181,9 +172,9 @@ def bfgs_linesearch(
         err = ls.task == LS_ERROR
         p_sd = _direction(eye, gs, row_mask)
         ls_sd, stp_sd = ls_start(f, _bdot(gs, p_sd), jnp.max(row_norms(p_sd), -1), prm)
-        hinv = _where(err, eye, hinv)
-        p = _where(err, p_sd, p)
-        ls = _where(err, ls_sd, ls)
+        hinv = where_rows(err, eye, hinv)
+        p = where_rows(err, p_sd, p)
+        ls = where_rows(err, ls_sd, ls)
         stp = jnp.where(err, stp_sd, stp)
         return hinv, p, ls, stp, err
 
@@ -242,7 +233,7 @@ def bfgs_linesearch(
         cont = run & ~done
         improved = cont & ok & ~(f_t > st.ls.fx)  # the search's best step moves to this trial
         best_e = jnp.where(improved, e_t, st.best_energy)
-        best_g = _where(improved, g_t, st.best_grad)
+        best_g = where_rows(improved, g_t, st.best_grad)
 
         # rejected trial (non-finite / huge): cut the step back towards the best point
         bad = run & ~ok
@@ -256,7 +247,7 @@ def bfgs_linesearch(
             stmax=jnp.maximum(st.ls.stx, st.stp),
             old_stp=st.stp,
         )
-        ls_new = _where(bad, cut, ls_new)
+        ls_new = where_rows(bad, cut, ls_new)
         stp_new = jnp.where(bad, st.ls.stx + 0.1 * (st.stp - st.ls.stx), stp_new)
 
         ls_iter = st.ls_iter + run.astype(jnp.int32)
@@ -266,9 +257,9 @@ def bfgs_linesearch(
         accepted = done | take_best
 
         x_best = st.x + ls_new.stx[:, None, None] * st.p
-        x_new = _where(done, xt, _where(take_best, x_best, st.x))
+        x_new = where_rows(done, xt, where_rows(take_best, x_best, st.x))
         e_new = jnp.where(done, e_t, jnp.where(take_best, best_e, st.energy))
-        g_new = _where(done, g_t, _where(take_best, best_g, st.grad))
+        g_new = where_rows(done, g_t, where_rows(take_best, best_g, st.grad))
         alpha_k = jnp.where(done, st.stp, jnp.where(take_best, ls_new.stx, st.alpha_k))
 
         steps = st.steps + (accepted | restart).astype(jnp.int32)
@@ -298,8 +289,8 @@ def bfgs_linesearch(
             + (rho**2 * yhy + rho)[:, None, None] * outer(s, s)
         )
         eye = jnp.broadcast_to(jnp.eye(3 * r, dtype=st.hinv.dtype), st.hinv.shape)
-        hinv = _where(do_update, h_upd, st.hinv)
-        hinv = _where(restart, eye, hinv)
+        hinv = where_rows(do_update, h_upd, st.hinv)
+        hinv = where_rows(restart, eye, hinv)
 
         new_search = (accepted | restart) & again
         hinv_s, p_s, ls_s, stp_s, err = _start(
@@ -308,21 +299,21 @@ def bfgs_linesearch(
             hinv,
             st.row_mask,
         )
-        ls_out = _where(new_search, ls_s, ls_new)
+        ls_out = where_rows(new_search, ls_s, ls_new)
         stp_out = jnp.where(new_search, stp_s, stp_new)
         out = BFGSLineSearchState(
             x=x_new,
             energy=e_new,
             grad=g_new,
             row_mask=st.row_mask,
-            hinv=_where(new_search, hinv_s, hinv),
-            p=_where(new_search, p_s, st.p),
+            hinv=where_rows(new_search, hinv_s, hinv),
+            p=where_rows(new_search, p_s, st.p),
             stp=stp_out,
             ls=ls_out,
             ls_iter=jnp.where(new_search, 0, ls_iter),
             alpha_k=alpha_k,
             best_energy=jnp.where(new_search, e_new, best_e),
-            best_grad=_where(new_search, g_new, best_g),
+            best_grad=where_rows(new_search, g_new, best_g),
             fmax=st.fmax,
             max_steps=st.max_steps,
             status=status.astype(jnp.int32),
@@ -332,6 +323,6 @@ def bfgs_linesearch(
             overflow=st.overflow | (overflow & run),
         )
         # lanes that were not running stay exactly as they were
-        return _where(run, out, st)._replace(status=jnp.where(run, out.status, st.status))
+        return where_rows(run, out, st)
 
     return Optimizer(init_fn, step_fn)

@@ -37,7 +37,7 @@ import numpy as np
 
 from jaxcsp.crystal import Crystals
 from jaxcsp.errors import InvalidStructureError, JaxcspError, check_real
-from jaxcsp.optimize._base import RUNNING, STATUS_NAMES, masked_fmax
+from jaxcsp.optimize._base import RUNNING, STATUS_NAMES, masked_fmax, where_rows
 from jaxcsp.optimize._relax import (
     _after_chunk,
     _below_floor_at_start,
@@ -221,13 +221,7 @@ def _lanes(batch: Crystals | None, items: list, n_pad: int, filler: Crystals) ->
     return Crystals(**{f: jnp.asarray(v) for f, v in leaves.items()})
 
 
-@jax.jit
-def _merge(mask, new, old):
-    def sel(a, b):
-        m = mask.reshape(mask.shape + (1,) * (a.ndim - 1))
-        return jnp.where(m, a, b)
-
-    return jax.tree.map(sel, new, old)
+_merge = jax.jit(where_rows)  # refilled lanes take the fresh state
 
 
 def relax_stream(
