@@ -31,15 +31,12 @@ from jaxcsp.optimize._base import (
     finite_rows,
     masked_fmax,
     row_norms,
+    where_rows,
 )
 
 __all__ = ["FIREState", "LBFGSState", "fire", "lbfgs"]
 
 Array = jax.Array
-
-
-def _sel(mask: Array, a: Array, b: Array) -> Array:
-    return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
 
 
 def _first_eval(objective, x, row_mask, data, fmax, max_steps, f_upper):
@@ -63,9 +60,9 @@ def _after_eval(st, x_new, e, g, overflow, run, f_upper):
     status = jnp.where(run & ok & (masked_fmax(g, st.row_mask) < st.fmax), CONVERGED, status)
     status = jnp.where((status == RUNNING) & (steps >= st.max_steps), MAX_STEPS, status)
     return dict(
-        x=_sel(run, x_new, st.x),
+        x=where_rows(run, x_new, st.x),
         energy=jnp.where(run, e, st.energy),
-        grad=_sel(run, g, st.grad),
+        grad=where_rows(run, g, st.grad),
         status=status.astype(jnp.int32),
         steps=steps,
         force_calls=st.force_calls + run.astype(jnp.int32),
@@ -158,8 +155,8 @@ def fire(
         dt_new = jnp.where(grow, jnp.minimum(st.dt * finc, dtmax), st.dt)
         a_new = jnp.where(grow, st.a * fa, st.a)
         n_pos = jnp.where(mix, st.n_pos + 1, st.n_pos)
-        v = _sel(mix, v_mix, v)
-        v = _sel(reset, jnp.zeros_like(v), v)
+        v = where_rows(mix, v_mix, v)
+        v = where_rows(reset, jnp.zeros_like(v), v)
         a_new = jnp.where(reset, astart, a_new)
         dt_new = jnp.where(reset, st.dt * fdec, dt_new)
         n_pos = jnp.where(reset, 0, n_pos)
@@ -176,7 +173,7 @@ def fire(
         e, g, overflow = objective(x_new, st.row_mask, data)
         common = _after_eval(st, x_new, e, g, overflow, run, f_upper)
         return st._replace(
-            velocity=_sel(run, v, st.velocity),
+            velocity=where_rows(run, v, st.velocity),
             dt=jnp.where(run, dt_new, st.dt),
             a=jnp.where(run, a_new, st.a),
             n_pos=jnp.where(run, n_pos, st.n_pos),
@@ -302,8 +299,8 @@ def lbfgs(
         y_buf = jax.vmap(push)(st.y, y_new, full, slot)
         rho_buf = jax.vmap(push)(st.rho, rho_new, full, slot)
         return st._replace(
-            s=_sel(run, s_buf, st.s),
-            y=_sel(run, y_buf, st.y),
+            s=where_rows(run, s_buf, st.s),
+            y=where_rows(run, y_buf, st.y),
             rho=jnp.where(run[:, None], rho_buf, st.rho),
             iteration=jnp.where(run, jnp.minimum(st.iteration + 1, memory), st.iteration),
             **common,
