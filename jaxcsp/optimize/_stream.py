@@ -20,7 +20,9 @@ The scheduler of the seed's Algorithm 3 (Zhao et al., SI "Continuous scheduling"
 * Rerunning with the same source and database resumes: inputs whose ``input_id`` is already in
   the database are skipped (and their ``input_hash`` must match, so a different source is not
   silently mixed in). A kill loses only the in-flight structures' progress, never a row, and
-  produces no duplicates.
+  produces no duplicates. The in-flight structures restart in other batches (other
+  batch-mates, possibly another neighbor-list capacity), so their rows equal an uninterrupted
+  run's up to floating-point rounding, not bit for bit.
 """
 
 from __future__ import annotations
