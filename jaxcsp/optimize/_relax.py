@@ -98,7 +98,9 @@ class RelaxResult(NamedTuple):
       crystals: final structures (``Crystals``, same padding as the input).
       energy: ``(B,)`` potential energy in eV at the final structure (no pV term).
       forces: ``(B, N, 3)`` eV/Å. stress: ``(B, 3, 3)`` eV/Å³ (ASE sign convention).
-      fmax: ``(B,)`` largest DOF-gradient row norm at the end (eV/Å; includes cell rows).
+      max_force: ``(B,)`` measured: the largest DOF-gradient row norm at the end, eV/Å
+        (includes the cell rows); compare it with the ``fmax`` setting. The database rows of
+        :func:`relax_stream` carry the same value under the same name.
       converged: ``(B,)`` bool. status: ``(B,)`` int32 code (see ``status_names``).
       steps: ``(B,)`` optimizer steps. force_calls: ``(B,)`` energy+force evaluations.
     """
@@ -107,7 +109,7 @@ class RelaxResult(NamedTuple):
     energy: Array
     forces: Array
     stress: Array
-    fmax: Array
+    max_force: Array
     converged: Array
     status: Array
     steps: Array
@@ -870,7 +872,7 @@ def result_from_state(state, final: Crystals, potential, neighbor_method: str) -
         energy=res.energy,
         forces=res.forces,
         stress=res.stress,
-        fmax=masked_fmax(state.grad, state.row_mask),
+        max_force=masked_fmax(state.grad, state.row_mask),
         converged=state.status == 1,
         status=state.status,
         steps=state.steps,
