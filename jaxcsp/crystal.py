@@ -445,12 +445,12 @@ def find_overlaps(
             better = low < best
             best = np.where(better, low, best)
             pair[better] = np.stack([ii[arg // n], arg % n], -1)[better]
-        for k in np.flatnonzero(best < r * r):
-            i, j = (int(x) for x in pair[k])
+        for hit in np.flatnonzero(best < r * r):
+            i, j = (int(x) for x in pair[hit])
             who = f"atoms {i} and {j}" if i != j else f"atom {i} and its periodic image"
-            out[s0 + int(k)] = InvalidStructureError(
-                f"{who} are {np.sqrt(best[k]):.3f} Å apart (closer than {r:g} Å)",
-                index=s0 + int(k),
+            out[s0 + int(hit)] = InvalidStructureError(
+                f"{who} are {np.sqrt(best[hit]):.3f} Å apart (closer than {r:g} Å)",
+                index=s0 + int(hit),
                 field="frac",
                 source=source,
             )

@@ -12,6 +12,7 @@ an anonymous shape error or, worse, silently drops a structure.
 from __future__ import annotations
 
 import numbers
+from typing import SupportsInt, cast
 
 import numpy as np
 
@@ -170,10 +171,12 @@ def check_int(name: str, value: object, *, minimum: int = 1):
         isinstance(value, numbers.Integral)
         or (getattr(value, "ndim", None) == 0 and np.asarray(value).dtype.kind in "iu")
     )
-    if not ok or int(value) < minimum:
+    # an Integral or a 0-d integer array: both convert with int()
+    number = int(cast(SupportsInt, value)) if ok else None
+    if number is None or number < minimum:
         raise InvalidArgumentError(
             f"{name} must be an integer >= {minimum}, got {_shown(value)}",
             argument=name,
             value=value,
         )
-    return int(value)
+    return number

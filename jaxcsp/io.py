@@ -250,7 +250,7 @@ def to_pymatgen(crystals: Crystals) -> list:
 
     Fractional coordinates are passed through unchanged (not wrapped).
     """
-    from pymatgen.core import Lattice, Structure
+    from pymatgen.core import Element, Lattice, Structure
 
     lat, frac, species, mask = _host_arrays(crystals)
     out = []
@@ -259,7 +259,7 @@ def to_pymatgen(crystals: Crystals) -> list:
         out.append(
             Structure(
                 Lattice(lat[i]),
-                [int(z) for z in species[i][m]],
+                [Element.from_Z(int(z)) for z in species[i][m]],
                 frac[i][m],
                 coords_are_cartesian=False,
                 to_unit_cell=False,

@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -232,7 +232,10 @@ def _check_crystals(crystals: Any) -> Crystals:
 # ---------------------------------------------------------------------- geometry
 
 
-def cell_widths(lattice: Array) -> Array:
+_Lattice = TypeVar("_Lattice", np.ndarray, Array)
+
+
+def cell_widths(lattice: _Lattice) -> _Lattice:
     """Perpendicular widths of cells: ``width_d = |V| / |a_e × a_f|``.
 
     Args:
@@ -424,7 +427,10 @@ def neighbor_list_spec(
     crystals = _check_crystals(crystals)
     _, widths = _host_widths(crystals, "neighbor_list_spec")
     need = _images_needed(cutoff * (1.0 + cell_headroom) / widths)
-    images = tuple(int(v) for v in need.max(axis=0)) if len(need) else (1, 1, 1)
+    images: tuple[int, int, int] = (1, 1, 1)
+    if len(need):
+        m = need.max(axis=0)  # (3,)
+        images = (int(m[0]), int(m[1]), int(m[2]))
     if math.prod(images) > MAX_IMAGES:
         worst = int(np.argmax(need.prod(axis=-1)))
         raise InvalidStructureError(

@@ -180,12 +180,12 @@ class CompileCounter:
         return self.requests - self.cache_hits
 
     @classmethod
-    def _on_duration(cls, event: str, duration: float, **_: Any) -> None:
+    def _on_duration(cls, event: str, duration_secs: float, **_: Any) -> None:
         if event == "/jax/core/compile/backend_compile_duration":
             with cls._lock:
                 for c in cls._active:
                     c.requests += 1
-                    c.seconds += duration
+                    c.seconds += duration_secs
 
     @classmethod
     def _on_event(cls, event: str, **_: Any) -> None:

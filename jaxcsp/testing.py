@@ -24,7 +24,9 @@ def _leaves_with_paths(tree: Any):
 
 
 def _check_structure(a: Any, b: Any) -> None:
-    sa, sb = jax.tree.structure(a), jax.tree.structure(b)
+    # jaxlib ships no stub for PyTreeDef; only its equality and text are used here
+    sa: object = jax.tree.structure(a)
+    sb: object = jax.tree.structure(b)
     if sa != sb:
         raise AssertionError(f"tree structures differ:\n  {sa}\n  {sb}")
 

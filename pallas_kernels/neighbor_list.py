@@ -114,10 +114,10 @@ class RawNeighbors(NamedTuple):
       count: ``(B, N)`` int32 number of neighbors found (may exceed ``K``: overflow).
     """
 
-    index: Array
+    index: Array  # type: ignore[assignment]  # public field name; shadows tuple.index by design
     shift: Array
     mask: Array
-    count: Array
+    count: Array  # type: ignore[assignment]  # public field name; shadows tuple.count by design
 
 
 # ---------------------------------------------------------------------- shared enumeration

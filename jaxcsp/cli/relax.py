@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+from typing import Any
 
 from jaxcsp.cli._common import add_progress_flag
 
@@ -48,8 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_progress_flag(p)
 
 
-def _kv(text: str) -> dict:
-    out = {}
+def _kv(text: str) -> dict[str, Any]:
+    """``"a=1,b=x"`` -> ``{"a": 1.0, "b": "x"}``: keyword arguments of a potential, numbers
+    where they parse (each potential checks its own)."""
+    out: dict[str, Any] = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
         try:

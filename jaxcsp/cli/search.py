@@ -392,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
             )
         check_int("spg", args.spg)
         rules["spg"] = args.spg
-    tiers = ()
+    tiers: tuple[search.Tier, ...] = ()
     inits = [(str(x), x) for x in args.init] if args.method == "basin" else [("", None)]
     max_iterations = args.max_iterations
     if args.method == "active":
@@ -431,7 +431,7 @@ def run(args: argparse.Namespace) -> int:
                 generator=_generator(init, rules),
                 **rules,
             )
-            for _, init in inits
+            for init in args.init  # one method per --init (the labels of `inits`)
         ]
     else:
         batch = 64 if args.batch_size is None else args.batch_size

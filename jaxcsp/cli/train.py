@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.export:
         save_cvae(args.export, model)
     h = model.history
+    assert h is not None  # train_cvae always records the run's history
     print(
         f"trained on {wc.batch_size} rows: best validation loss {h.val_loss[h.best_epoch]:.3f} "
         f"at epoch {h.best_epoch + 1} of {len(h.val_loss)}; wrote {args.out}"

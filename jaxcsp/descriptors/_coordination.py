@@ -72,7 +72,7 @@ def bond_cutoffs(factor: float = PYXTAL_BOND_FACTOR, radii: Any = None) -> np.nd
     return float(factor) * (r[:, None] + r[None, :])
 
 
-def _pair_cutoffs(crystals: Crystals, index: Array, table: np.ndarray) -> Array:
+def _pair_cutoffs(crystals: Crystals, index: Array, table: np.ndarray | Array) -> Array:
     t = jnp.asarray(table, crystals.frac.dtype)
 
     def one(species, idx):

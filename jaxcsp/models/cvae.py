@@ -425,7 +425,9 @@ def decode_columns(
     module: CVAE, params: Any, transform: GMMTransform, z: Array, cond: Array, *, soft: bool
 ) -> Array:
     """Decoder → column values ``(B, 30)`` (Å, degrees, fractional); pure, differentiable."""
-    logits, r, _ = module.apply(params, z, cond, method=CVAE.decode)
+    # flax types apply's result as output | (output, variables); without `mutable`: the output
+    out: Any = module.apply(params, z, cond, method=CVAE.decode)
+    logits, r, _ = out
     if soft:
         return transform.soft_decode(logits, r)
     modes = jnp.argmax(jnp.where(transform.active, logits, -jnp.inf), axis=-1)

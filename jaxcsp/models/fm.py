@@ -599,9 +599,12 @@ def load_fm(path: str | os.PathLike) -> FMModel:
     if "history" in state:
         hd = state["history"]
         history = FMHistory(
-            *(np.asarray(hd[k]) for k in ("train_loss", "val_loss", "val_pcc", "val_rmse")),
-            int(hd["best_epoch"]),
-            int(hd["epochs"]),
+            train_loss=np.asarray(hd["train_loss"]),
+            val_loss=np.asarray(hd["val_loss"]),
+            val_pcc=np.asarray(hd["val_pcc"]),
+            val_rmse=np.asarray(hd["val_rmse"]),
+            best_epoch=int(hd["best_epoch"]),
+            epochs=int(hd["epochs"]),
         )
     return FMModel(
         params,

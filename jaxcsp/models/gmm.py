@@ -161,7 +161,7 @@ def fit_gmm_1d(
       ``(means (K,), stds (K,), weights (K,))`` sorted by mean.
 
     Raises:
-      InvalidArgumentError: empty or non-finite ``x``.
+      InvalidArgumentError: empty or non-finite ``x``, or ``max_modes`` below 1.
     """
     x = np.asarray(x, np.float64).ravel()
     if x.size == 0 or not np.all(np.isfinite(x)):
@@ -171,7 +171,7 @@ def fit_gmm_1d(
     n = x.size
     floor = min_std * max(float(np.ptp(x)), 1.0)
     distinct = np.unique(x)
-    best = None
+    best: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None
     for k in range(1, min(max_modes, len(distinct)) + 1):
         mu = np.quantile(x, (np.arange(k) + 0.5) / k)
         sd = np.full(k, max(float(np.std(x)) / k, floor))
@@ -201,6 +201,10 @@ def fit_gmm_1d(
         if best is None or bic < best[0] - 1e-9:
             w_k = w[keep] / w[keep].sum()
             best = (bic, mu[keep], sd[keep], w_k)
+    if best is None:  # no K tried
+        raise InvalidArgumentError(
+            f"max_modes must be >= 1, got {max_modes!r}", argument="max_modes", value=max_modes
+        )
     _, mu, sd, w = best
     order = np.argsort(mu)
     return mu[order], sd[order], w[order]

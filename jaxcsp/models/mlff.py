@@ -184,8 +184,11 @@ def _member_atoms(net, stats, crystal: Crystals, neighbors, options) -> tuple[Ar
     net_dtype = dtype if compute is None else jnp.dtype(compute)
     types = _types(species_z, crystal.species)
     net = jax.tree.map(lambda a: a.astype(net_dtype), net)
-    e, s = PaiNN(len(species_z), cfg).apply({"params": net}, types, vec.astype(net_dtype),
-                                            neighbors.mask, neighbors.index)  # fmt: skip
+    # flax types apply's result as output | (output, variables); without `mutable`: the output
+    out: Any = PaiNN(len(species_z), cfg).apply(
+        {"params": net}, types, vec.astype(net_dtype), neighbors.mask, neighbors.index
+    )
+    e, s = out
     shift = stats["shift"].astype(dtype)[types]
     e = stats["scale"].astype(dtype) * e.astype(dtype) + shift
     return jnp.where(crystal.mask, e, 0.0), s
@@ -569,14 +572,15 @@ def _pad_capacity(nl, k: int):
     )
 
 
-def _fit_stats(data: LabelledData, species: tuple[int, ...]) -> tuple[np.ndarray, float]:
+def _fit_stats(
+    z: np.ndarray, m: np.ndarray, energy: np.ndarray, forces: np.ndarray, species: tuple[int, ...]
+) -> tuple[np.ndarray, float]:
     """Per-species energies by least squares on the composition, and the force RMS (eV/Å) as
-    the network's energy scale (eV)."""
-    z = np.asarray(data.crystals.species)
-    m = np.asarray(data.crystals.mask)
+    the network's energy scale (eV), from host arrays: atomic numbers ``z (B, N)``, ``m (B, N)``
+    mask, ``energy (B,)`` and ``forces (B, N, 3)``."""
     counts = np.stack([((z == s) & m).sum(axis=1) for s in species], axis=1).astype(np.float64)
-    shift, *_ = np.linalg.lstsq(counts, np.asarray(data.energy, np.float64), rcond=None)
-    f = np.asarray(data.forces, np.float64)[m]
+    shift, *_ = np.linalg.lstsq(counts, np.asarray(energy, np.float64), rcond=None)
+    f = np.asarray(forces, np.float64)[m]
     rms = float(np.sqrt(np.mean(f**2))) if f.size else 1.0
     return shift, max(rms, 1e-3)
 
@@ -791,11 +795,9 @@ def train_ensemble(
     s = jnp.asarray(stress[rows].astype(np_dtype))
     params = ensemble.params
     if not warm:
-        kept = LabelledData(
-            Crystals(lattice=lat[sel], frac=frac[sel], species=species_a[sel], mask=mask[sel]),
-            energy[sel], forces[sel], stress[sel],
-        )  # fmt: skip
-        shift, scale = _fit_stats(kept, ensemble.species)
+        shift, scale = _fit_stats(
+            species_a[sel], mask[sel], energy[sel], forces[sel], ensemble.species
+        )
         params = dict(params, shift=jnp.asarray(shift, jnp.float32),
                       scale=jnp.asarray(scale, jnp.float32))  # fmt: skip
     nl = ensemble._neighbors(c)

@@ -64,7 +64,7 @@ __all__ = [
 Array = jax.Array
 
 #: Optimizers :func:`relax` knows, by name.
-METHODS = {"bfgs_linesearch": bfgs_linesearch, "fire": fire, "lbfgs": lbfgs}
+METHODS: dict[str, Callable] = {"bfgs_linesearch": bfgs_linesearch, "fire": fire, "lbfgs": lbfgs}
 CELL_FILTERS = (None, "frechet")
 
 

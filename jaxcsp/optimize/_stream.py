@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -226,6 +227,12 @@ def _lanes(batch: Crystals | None, items: list, n_pad: int, filler: Crystals) ->
 _merge = jax.jit(where_rows)  # refilled lanes take the fresh state
 
 
+def _programs() -> int:
+    """Programs compiled so far for the relaxation's two jitted functions."""
+    # the size of a jitted function's cache is not in jax's typed interface
+    return _run._cache_size() + _init._cache_size()  # type: ignore[attr-defined]
+
+
 def relax_stream(
     source: Any,
     potential,
@@ -241,7 +248,7 @@ def relax_stream(
     neighbor_method: str = "auto",
     progress: bool = True,
     input_ids: Any = None,
-    key_value_pairs: dict | None = None,
+    key_value_pairs: dict | Sequence[dict] | None = None,
     min_energy_per_atom: float | None = -1000.0,
     mesh: Any = None,
     **options: Any,
@@ -354,7 +361,7 @@ def relax_stream(
         everyone = concatenate([pad_crystals(w.crystal, n_pad) for w in classes[n_pad]])
         growth = 1.0
         spec = _spec_for(potential, everyone, method=neighbor_method)
-        before = _run._cache_size() + _init._cache_size()
+        before = _programs()
 
         def start(batch, spec):
             data = place(make_data(batch, pressure=pressure))
@@ -389,7 +396,8 @@ def relax_stream(
                 from jaxcsp.io import to_ase
 
                 for k in finished:
-                    w = lanes[k]
+                    job = lanes[k]
+                    assert job is not None  # only lanes that hold a structure finish
                     one = final.take(jnp.asarray([k]))
                     atoms = to_ase(one)[0]
                     name = STATUS_NAMES[int(status[k])]
@@ -399,19 +407,19 @@ def relax_stream(
                         con,
                         atoms,
                         dict(
-                            extra.get(w.input_id, {}),
-                            input_id=w.input_id,
-                            input_hash=w.digest,
+                            extra.get(job.input_id, {}),
+                            input_id=job.input_id,
+                            input_hash=job.digest,
                             status=name,
                             converged=name == "converged",
                             steps=int(steps[k]),
                             force_calls=int(calls[k]),
                             max_force=float(fm[k]),
-                            n_atoms=w.natoms,
-                            energy_per_atom=(energy / w.natoms) if energy is not None else 0.0,
+                            n_atoms=job.natoms,
+                            energy_per_atom=(energy / job.natoms) if energy is not None else 0.0,
                         ),
                         energy=energy,
-                        forces=f[k][: w.natoms] if energy is not None else None,
+                        forces=f[k][: job.natoms] if energy is not None else None,
                         stress=voigt if energy is not None else None,
                     )
                     statuses[name] = statuses.get(name, 0) + 1
@@ -440,7 +448,7 @@ def relax_stream(
                 state = place(state._replace(status=jnp.where(idle, 1, state.status)))
             if all(w is None for w in lanes):
                 break
-            sizes = _run._cache_size() + _init._cache_size()
+            sizes = _programs()
             if release_compiled_programs():  # near the map cap: cached programs were dropped
                 compiles += sizes - before
                 before = 0
@@ -449,7 +457,7 @@ def relax_stream(
             state, spec, growth = _after_chunk(
                 state, new, data, potential, spec, growth, cell_filter, neighbor_method
             )
-        compiles += _run._cache_size() + _init._cache_size() - before
+        compiles += _programs() - before
     if bar is not None:
         bar.close()
     return StreamSummary(

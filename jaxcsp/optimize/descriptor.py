@@ -130,7 +130,7 @@ class PlateauState(NamedTuple):
     """
 
     best: Array
-    count: Array
+    count: Array  # type: ignore[assignment]  # public field name; shadows tuple.count by design
     scale: Array
     active: Array
     steps: Array

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import jax
 import jax.numpy as jnp
@@ -145,13 +145,25 @@ class Potential:
 # ---------------------------------------------------------------------- host-side helpers
 
 
-def species_tuple(species: Sequence[int | str] | None, *, field: str = "species") -> tuple | None:
+@overload
+def species_tuple(species: None, *, field: str = "species") -> None: ...
+@overload
+def species_tuple(species: Sequence[int | str], *, field: str = "species") -> tuple[int, ...]: ...
+@overload
+def species_tuple(
+    species: Sequence[int | str] | None, *, field: str = "species"
+) -> tuple[int, ...] | None: ...
+
+
+def species_tuple(
+    species: Sequence[int | str] | None, *, field: str = "species"
+) -> tuple[int, ...] | None:
     """Normalise element symbols / atomic numbers to a sorted tuple of unique atomic numbers."""
     if species is None:
         return None
     from jaxcsp.elements import atomic_numbers
 
-    out = []
+    out: list[int] = []
     for s in species:
         if isinstance(s, str):
             out.append(atomic_numbers([s])[0])
@@ -174,6 +186,7 @@ def species_table(species: Sequence[int]) -> np.ndarray:
 def _not_covered(potential: Potential, z: int, atom: int, index: int, source: str | None):
     from jaxcsp.elements import chemical_symbols
 
+    assert potential.species is not None  # both callers return early for species=None
     covered = ", ".join(chemical_symbols(potential.species))
     return InvalidStructureError(
         f"element {chemical_symbols([z])[0]} (Z={z}) at atom {atom} is not covered by "

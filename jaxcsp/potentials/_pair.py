@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import jax
 import jax.numpy as jnp
@@ -175,10 +175,12 @@ def _matrix(name: str, value: Any, ntypes: int, potential: str) -> np.ndarray:
     return arr
 
 
-def _types(species: Sequence[int | str] | None) -> tuple[tuple | None, np.ndarray, int]:
-    sp = species_tuple(species)
-    if sp is None:
+def _types(
+    species: Sequence[int | str] | None,
+) -> tuple[tuple[int, ...] | None, np.ndarray, int]:
+    if species is None:
         return None, np.zeros(119, dtype=np.int32), 1
+    sp = species_tuple(species)
     # keep the user's order for matrices: rebuild table in given order
     from jaxcsp.elements import atomic_numbers
 
@@ -384,8 +386,8 @@ def buckingham(
             mats["A"][i, j], mats["rho"][i, j], mats["C"][i, j] = big_a, rho, c6
     q = np.zeros(nt)
     if charges is not None:
-        for el, val in charges.items():
-            q[index[species_tuple([el])[0]]] = float(val)
+        for el, charge in charges.items():
+            q[index[species_tuple([el])[0]]] = float(charge)
         missing = set(ordered) - set(species_tuple(list(charges)))
         if missing:
             from jaxcsp.elements import chemical_symbols
@@ -415,7 +417,16 @@ def buckingham(
 #: Tosi & Fumi (J. Phys. Chem. Solids 25, 45, 1964) Born–Mayer–Huggins NaCl: b = 0.338e-19 J,
 #: ρ = 0.317 Å, radii σ(Na⁺) = 1.170 Å, σ(Cl⁻) = 1.585 Å, Pauling factors β = 1 + z_i/n_i +
 #: z_j/n_j (n = 7, 9), dispersion C in 1e-79 J·m⁶ (Na–Na 1.68, Na–Cl 11.2, Cl–Cl 116).
-_TOSI_FUMI = dict(
+class _BornMayerHuggins(TypedDict):
+    b: float  # eV
+    rho: float  # Å
+    sigma: dict[str, float]  # ionic radii, Å
+    n: dict[str, int]  # Pauling's n
+    z: dict[str, int]  # formal charges, e
+    c6: dict[tuple[str, str], float]  # dispersion, 1e-79 J·m⁶
+
+
+_TOSI_FUMI = _BornMayerHuggins(
     b=0.338e-19 / 1.602176634e-19,  # eV
     rho=0.317,
     sigma={"Na": 1.170, "Cl": 1.585},
@@ -447,10 +458,10 @@ def buckingham_nacl(*, cutoff: float = 12.0, alpha: float = 0.3) -> Potential:
     (11, 17)
     """
     p = _TOSI_FUMI
-    pairs = {}
+    pairs: dict[tuple[str | int, str | int], tuple[float, float, float]] = {}
     for (i, j), c6 in p["c6"].items():
         beta = 1.0 + p["z"][i] / p["n"][i] + p["z"][j] / p["n"][j]
         big_a = p["b"] * beta * math.exp((p["sigma"][i] + p["sigma"][j]) / p["rho"])
         pairs[(i, j)] = (big_a, p["rho"], c6 * _C6_UNIT)
-    charges = {el: float(q) for el, q in p["z"].items()}
+    charges: dict[str | int, float] = {el: float(q) for el, q in p["z"].items()}
     return buckingham(pairs, charges=charges, cutoff=cutoff, alpha=alpha)

@@ -353,7 +353,8 @@ def _energy(params: Any, crystal: Crystals, neighbors: Any, arch: SevenNetArch) 
     dtype = crystal.frac.dtype
     vec = edge_vectors_single(crystal, neighbors)
     types = jnp.asarray(_type_table(arch.type_map))[jnp.clip(crystal.species, 0, 118)]
-    atomic = SevenNet(arch).apply(
+    # flax types apply's result as output | (output, variables); without `mutable`: the output
+    atomic: Any = SevenNet(arch).apply(
         {"params": _cast(params, dtype)}, types, crystal.mask, vec, neighbors.index, neighbors.mask
     )
     return jnp.sum(atomic)
@@ -368,7 +369,8 @@ def _energies(params: Any, crystals: Crystals, neighbors: Any, arch: SevenNetArc
     offset = (jnp.arange(b, dtype=neighbors.index.dtype) * n)[:, None, None]
     index = (neighbors.index + offset).reshape(b * n, -1)
     types = jnp.asarray(_type_table(arch.type_map))[jnp.clip(crystals.species, 0, 118)]
-    atomic = SevenNet(arch).apply(
+    # flax types apply's result as output | (output, variables); without `mutable`: the output
+    atomic: Any = SevenNet(arch).apply(
         {"params": _cast(params, dtype)},
         types.reshape(-1),
         crystals.mask.reshape(-1),

@@ -139,7 +139,8 @@ def tp_paths(irreps_x: str, irreps_filter: str, irreps_keep: str) -> tuple[str, 
     """
     x, f, keep = e3nn.Irreps(irreps_x), e3nn.Irreps(irreps_filter), e3nn.Irreps(irreps_keep)
     keep_irs = {ir for _, ir in keep}
-    mid, paths = [], []
+    mid: list[tuple[int, e3nn.Irrep]] = []
+    paths: list[tuple[int, int, int]] = []
     for i, (mul_x, ir_x) in enumerate(x):
         for j, (_, ir_f) in enumerate(f):
             for ir_out in ir_x * ir_f:

@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -54,7 +54,8 @@ class JaxcspCalculator(Calculator):
       calls: number of evaluations so far.
     """
 
-    implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces", "stress"]
+    # ASE's Calculator declares it an instance attribute (list[str]): not a ClassVar here
+    implemented_properties: list[str] = ["energy", "free_energy", "forces", "stress"]  # noqa: RUF012
 
     def __init__(
         self,

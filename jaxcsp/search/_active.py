@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, TypedDict
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +63,39 @@ from jaxcsp.search._base import (
 )
 
 __all__ = ["active_learning", "cluster_labels", "lowest_clusters"]
+
+
+class _Config(TypedDict):
+    """The checked settings of :func:`active_learning` (``Method.config``)."""
+
+    n_initial: int
+    n_search: int
+    n_train: int
+    batch_size: int
+    num_members: int
+    features: int
+    num_interactions: int
+    cutoff: float
+    max_epochs: int
+    patience: int
+    learning_rate: float
+    omega_f: float
+    noise: float
+    noise_damping: float
+    max_uncertainty: float
+    relax_fmax: float
+    relax_steps: int
+    k: int
+    n_cycle: int
+    stop_tol: float
+    min_cycles: int
+    max_cycles: int
+    n_lowest: int
+    cluster_eps: float | None
+    min_samples: int
+    volume_factor: float
+    distance_factor: float
+    compute_dtype: str | None
 
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
@@ -209,7 +242,7 @@ def active_learning(
     ('active', 3)
     """
     n_initial = 2 * positive_int("batch_size", batch_size) if n_initial is None else n_initial
-    config = dict(
+    config = _Config(
         n_initial=positive_int("n_initial", n_initial),
         n_search=positive_int("n_search", n_search),
         n_train=positive_int("n_train", n_train),
@@ -243,14 +276,13 @@ def active_learning(
         raise InvalidSearchError(
             f"must be None, 'float32' or 'float64', got {compute_dtype!r}", field="compute_dtype"
         )
-    for name in ("batch_size", "n_initial"):
-        if config[name] > config["n_train"]:
+    for name, value in (("batch_size", config["batch_size"]), ("n_initial", config["n_initial"])):
+        if value > config["n_train"]:
             raise InvalidSearchError(
-                f"{config[name]} is larger than the training pool ({n_train})", field=name
+                f"{value} is larger than the training pool ({n_train})", field=name
             )
     if n_lowest < 0:
         raise InvalidSearchError(f"must be >= 0, got {n_lowest!r}", field="n_lowest")
-    gen = dict(volume_factor=config["volume_factor"], distance_factor=config["distance_factor"])
 
     def _noisy(key, crystals, sigma):
         if sigma <= 0:
@@ -271,23 +303,30 @@ def active_learning(
         from jaxcsp.symmetry import random_crystals, reconstruct
 
         n_atoms = sum(c for _, c in composition)
-        pad = dict(max_sites=n_atoms, max_atoms=n_atoms)
+        vf, df = config["volume_factor"], config["distance_factor"]
         train_pool = reconstruct(
             random_crystals(
                 jax.random.fold_in(key, 1), dict(composition), config["n_train"], spg=1,
-                check_symmetry=False, **pad, **gen,
+                check_symmetry=False, max_sites=n_atoms, max_atoms=n_atoms,
+                volume_factor=vf, distance_factor=df,
             )
         )  # fmt: skip
         search_pool = reconstruct(
             random_crystals(
-                jax.random.fold_in(key, 2), dict(composition), config["n_search"], **pad, **gen
+                jax.random.fold_in(key, 2),
+                dict(composition),
+                config["n_search"],
+                max_sites=n_atoms,
+                max_atoms=n_atoms,
+                volume_factor=vf,
+                distance_factor=df,
             )
         )
         k0, k1 = jax.random.split(jax.random.fold_in(key, 3))
         n0 = config["n_initial"]
         pick = np.sort(np.asarray(jax.random.choice(k0, config["n_train"], (n0,), replace=False)))
         proposal = _noisy(k1, train_pool.take(pick), config["noise"])
-        population = dict(
+        population: dict[str, Any] = dict(
             data=None,
             ensemble=None,
             train_pool=train_pool,

@@ -215,27 +215,42 @@ class Evaluation:
         if len(parts) == 1:
             return parts[0]
         n_tiers = max(np.shape(p.tier_calls)[1] for p in parts)
-        fields = {}
-        for f in ("ids", "iteration", "energy", "enthalpy_per_atom", "status", "oracle_calls"):
-            fields[f] = jnp.concatenate([jnp.asarray(getattr(p, f)) for p in parts])
-        fields["tier_calls"] = jnp.concatenate(
+        cat = {
+            f: jnp.concatenate([jnp.asarray(getattr(p, f)) for p in parts])
+            for f in ("ids", "iteration", "energy", "enthalpy_per_atom", "status", "oracle_calls")
+        }
+        tier_calls = jnp.concatenate(
             [
                 jnp.pad(jnp.asarray(p.tier_calls), ((0, 0), (0, n_tiers - p.tier_calls.shape[1])))
                 for p in parts
             ]
         )
-        fields["crystals"] = concatenate([p.crystals for p in parts])
+        crystals = concatenate([p.crystals for p in parts])
+        forces: Array | None = None
+        stress: Array | None = None
         if any(p.forces is not None for p in parts):
-            n = int(fields["crystals"].frac.shape[1])
-            forces, stress = [], []
+            n = int(crystals.frac.shape[1])
+            f_parts: list[np.ndarray] = []
+            s_parts: list[np.ndarray | Array] = []
             for p in parts:
                 k, m = p.size, int(p.crystals.frac.shape[1])
                 f = np.full((k, m, 3), np.nan) if p.forces is None else np.asarray(p.forces)
-                forces.append(np.pad(f, ((0, 0), (0, n - m), (0, 0))))
-                stress.append(np.full((k, 3, 3), np.nan) if p.stress is None else p.stress)
-            fields["forces"] = jnp.asarray(np.concatenate(forces))
-            fields["stress"] = jnp.asarray(np.concatenate([np.asarray(x) for x in stress]))
-        return Evaluation(**fields)
+                f_parts.append(np.pad(f, ((0, 0), (0, n - m), (0, 0))))
+                s_parts.append(np.full((k, 3, 3), np.nan) if p.stress is None else p.stress)
+            forces = jnp.asarray(np.concatenate(f_parts))
+            stress = jnp.asarray(np.concatenate([np.asarray(x) for x in s_parts]))
+        return Evaluation(
+            ids=cat["ids"],
+            iteration=cat["iteration"],
+            crystals=crystals,
+            energy=cat["energy"],
+            enthalpy_per_atom=cat["enthalpy_per_atom"],
+            status=cat["status"],
+            oracle_calls=cat["oracle_calls"],
+            tier_calls=tier_calls,
+            forces=forces,
+            stress=stress,
+        )
 
 
 @jax.tree_util.register_dataclass
@@ -257,9 +272,9 @@ class SearchState:
 
     key: Array
     iteration: Array
-    next_id: Array
-    oracle_calls: Array
-    tier_calls: Array
+    next_id: Array | np.ndarray  # int64 counters stay on the host (numpy)
+    oracle_calls: Array | np.ndarray
+    tier_calls: Array | np.ndarray
     archive: Evaluation | None
     population: Any
     composition: tuple[tuple[str, int], ...] = dataclasses.field(metadata=dict(static=True))

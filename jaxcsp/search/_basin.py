@@ -381,7 +381,8 @@ def basin_hopping(
         pop = {
             k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in state.population.items()
         }
-        pop["skip_reasons"] = dict(pop["skip_reasons"])
+        skip_reasons: dict[str, int] = dict(pop["skip_reasons"])
+        pop["skip_reasons"] = skip_reasons
         key = jax.random.fold_in(state.key, int(state.iteration))
         k_accept, k_move, k_new = jax.random.split(key, 3)
         rng_accept, rng = _rng(k_accept), _rng(k_move)
@@ -436,7 +437,7 @@ def basin_hopping(
                     out = apply_move(names[j], rng, current, ctx)
                 except MoveNotApplicable as e:
                     pop["skipped"][j] += 1
-                    pop["skip_reasons"][e.reason] = pop["skip_reasons"].get(e.reason, 0) + 1
+                    skip_reasons[e.reason] = skip_reasons.get(e.reason, 0) + 1
                     w[j] = 0.0
                     continue
                 pop["proposed"][j] += 1

@@ -448,7 +448,7 @@ def _group(spg: int, comp: tuple[tuple[str, int], ...], cap: int, size: int, k: 
     wps = wyckoff_positions(spg)
     n = len(ids)
     shape = (n, n_atoms)
-    out = dict(
+    out: dict[str, np.ndarray] = dict(
         site_wp=np.full(shape, -1, np.int32),
         site_el=np.zeros(shape, np.int32),
         site_rank=np.full(shape, -1, np.int32),
@@ -924,11 +924,11 @@ def decode(
     n_s, n_w = enc.num_space_group_bits, enc.num_wpc_groups
     spg = np.zeros(b, np.int64)
     group = np.zeros(b, np.int64)
-    for i in range(b):
-        gs = enc.space_groups[cs[i]]
-        spg[i] = gs[_sg_from_bit(int(sg_bit[i]), len(gs), n_s)]
-        k_total = enc.num_wpc_groups_of(int(spg[i]))
-        group[i] = ((int(w_bit[i]) + 1) * k_total - 1) // n_w
+    for r in range(b):
+        gs = enc.space_groups[cs[r]]
+        spg[r] = gs[_sg_from_bit(int(sg_bit[r]), len(gs), n_s)]
+        k_total = enc.num_wpc_groups_of(int(spg[r]))
+        group[r] = ((int(w_bit[r]) + 1) * k_total - 1) // n_w
     cells, adjusted = _lattice_cells(enc, x, spg)
     groups = [
         _group(int(spg[i]), enc.composition, enc.max_wpcs, size, int(group[i])) for i in rows_all

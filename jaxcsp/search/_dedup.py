@@ -100,13 +100,13 @@ def _fingerprint_chunk(
     d = jnp.where(nl.mask, jnp.minimum(nb.distances(c, nl), r), r)  # (B, N, K)
     b, n, cap = d.shape
     z_j = jnp.take_along_axis(c.species, nl.index.reshape(b, n * cap), axis=1).reshape(d.shape)
-    per = []
+    cols: list[Array] = []
     for z in species:  # neighbor species: the k nearest of that species (r if fewer)
         dz = jnp.sort(jnp.where(z_j == z, d, r), axis=-1)[..., :k]
         if cap < k:
             dz = jnp.concatenate([dz, jnp.full((b, n, k - cap), r, d.dtype)], axis=-1)
-        per.append(dz)
-    per = jnp.stack(per, axis=2)  # (B, N, S, k)
+        cols.append(dz)
+    per = jnp.stack(cols, axis=2)  # (B, N, S, k)
     out = []
     for z in species:  # center species: quantiles over its atoms of every column
         center = c.mask & (c.species == z)
@@ -404,7 +404,9 @@ class DedupInfo:
     seconds: dict
 
 
-def _validate_args(ltol, stol, angle_tol, fingerprint_tol):
+def _validate_args(
+    ltol: float, stol: float, angle_tol: float, fingerprint_tol: float | str | None
+) -> tuple[float, float, float, float | None]:
     ltol = _check_tolerance(ltol, "ltol")
     stol = _check_tolerance(stol, "stol")
     angle_tol = _check_tolerance(angle_tol, "angle_tol")
@@ -439,7 +441,23 @@ def _fingerprint_pairs(fp: np.ndarray, members: np.ndarray, tol: float) -> np.nd
     return pairs.reshape(-1, 2)
 
 
-def _prepare(crystals, ltol, stol, angle_tol, fingerprint_tol, who):
+def _prepare(
+    crystals: Any,
+    ltol: float,
+    stol: float,
+    angle_tol: float,
+    fingerprint_tol: float | str | None,
+    who: str,
+) -> tuple[
+    Crystals,
+    list[tuple],
+    dict[tuple, np.ndarray],
+    np.ndarray | None,
+    dict[str, float],
+    tuple[float, float, float, float | None],
+]:
+    """The checked batch, its composition keys and groups, the pairs left by the fingerprint
+    stage (``None``: stage off), the seconds spent so far and the checked tolerances."""
     import time
 
     crystals = _check_concrete(crystals, who)
@@ -447,7 +465,7 @@ def _prepare(crystals, ltol, stol, angle_tol, fingerprint_tol, who):
     b = crystals.batch_size
     seconds = {"fingerprints": 0.0, "pairs": 0.0, "matching": 0.0}
     if b == 0:
-        return crystals, None, {}, None, seconds, (ltol, stol, angle_tol, fingerprint_tol)
+        return crystals, [], {}, None, seconds, (ltol, stol, angle_tol, fingerprint_tol)
     crystals.validate(source=who)
     keys = _composition_keys(np.asarray(crystals.species), np.asarray(crystals.mask))
     groups = _groups_by_composition(keys)

@@ -210,8 +210,9 @@ def _evaluation_from_rows(
     collapsed &= np.asarray(status) != STATUS_CODES["single_point"]
     energy_a[collapsed] = np.nan
     status = [STATUS_CODES["invalid"] if c else st for c, st in zip(collapsed, status, strict=True)]
+    x64 = jax.config.jax_enable_x64  # type: ignore[attr-defined]  # a dynamic jax.config option
     return Evaluation(
-        ids=jnp.asarray(ids, jnp.int64 if jax.config.jax_enable_x64 else jnp.int32),
+        ids=jnp.asarray(ids, jnp.int64 if x64 else jnp.int32),
         iteration=jnp.full(len(ids), iteration, jnp.int32),
         crystals=relaxed,
         energy=jnp.asarray(energy_a),
@@ -330,7 +331,8 @@ def evaluate(
 
 
 def _empty_evaluation(proposal: Proposal, iteration: int, n_tiers: int) -> Evaluation:
-    int_t = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
+    x64 = jax.config.jax_enable_x64  # type: ignore[attr-defined]  # a dynamic jax.config option
+    int_t = jnp.int64 if x64 else jnp.int32
     dt = proposal.crystals.lattice.dtype
     return Evaluation(
         ids=jnp.zeros(0, int_t),
@@ -689,8 +691,8 @@ def run(
 
     from jaxcsp.search._metrics import rank, search_metrics
 
+    assert state.archive is not None
     archive = state.archive
-    assert archive is not None
     mref = matches if ref_structure is not None else None
     metrics = search_metrics(
         archive, labels, matches_reference=mref, reference_energy=ref_energy, window=window
@@ -710,7 +712,7 @@ def _annotate(con, archive: Evaluation, labels, matches, *, start: int) -> None:
     h = np.asarray(archive.enthalpy_per_atom)
     for k in range(start, archive.size):
         r = rows[int(ids[k])]
-        kv = dict(
+        kv: dict[str, int | float | bool] = dict(
             oracle_calls=int(np.asarray(archive.oracle_calls)[k]),
             unique=bool(archive.ok[k] and labels[k] == k),
             duplicate_of=int(ids[labels[k]]),

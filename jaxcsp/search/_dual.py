@@ -407,12 +407,13 @@ def dual_level_search(
         return Proposal(crystals, info=info)
 
     def advance(pop: DualLevelPopulation, r: int, key: Any) -> DualLevelPopulation:
+        log: list[dict[str, int]] = []  # the rounds' log: not kept here
         carry = (
             pop.crystals,
             np.asarray(pop.valid),
             np.asarray(pop.round),
             np.asarray(pop.loss, np.float64),
-            [],
+            log,
         )
         wc, valid, found, loss, _ = _rounds(
             model, carry, ref, first=r, rounds=r, latent=latent, key=key, **common
@@ -569,7 +570,8 @@ def dual_level(
         progress=bar,
     )
     t0 = time.perf_counter()
-    pops, screens = [], []
+    pops: list[DualLevelPopulation] = []
+    screens: list[Screening | None] = []
     tmp = None
     try:
         if screen and db is None:
@@ -585,6 +587,7 @@ def dual_level(
             from jaxcsp.search._base import Oracle
             from jaxcsp.search._driver import run
 
+            assert db is not None  # a temporary one was made above when none was given
             arm_db = db if latent else _baseline_db(db)
             res = run(
                 method,

@@ -450,13 +450,18 @@ def _new_random(rng, lat, frac, z, ctx, up_to_max=False):
     return NewRandom(int(rng.integers(ctx.min_units, top + 1)))
 
 
-MOVES: dict[str, Callable] = {
+# a move: (rng, lattice, frac, numbers, ctx) -> the moved structure or a NewRandom request
+Move = Callable[
+    [np.random.Generator, np.ndarray, np.ndarray, np.ndarray, MoveContext], Structure | NewRandom
+]
+
+MOVES: dict[str, Move] = {
     "swap_two": _swap_two,
     "to_void": _to_void,
     "swap_some": _swap_some,
-    "swap_some_void": lambda *a: _swap_some(*a, void=True),
+    "swap_some_void": lambda rng, lat, frac, z, ctx: _swap_some(rng, lat, frac, z, ctx, void=True),
     "swap_all": _swap_all,
-    "swap_all_void": lambda *a: _swap_all(*a, void=True),
+    "swap_all_void": lambda rng, lat, frac, z, ctx: _swap_all(rng, lat, frac, z, ctx, void=True),
     "swap_blocks": _swap_blocks,
     "swap_layers": _swap_layers,
     "new_shape": _new_shape,
@@ -464,11 +469,13 @@ MOVES: dict[str, Callable] = {
     "double": _double,
     "triple": _triple,
     "new_random": _new_random,
-    "new_random_max": lambda *a: _new_random(*a, up_to_max=True),
-    "halve": lambda *a: _reduce(*a, m=2),
-    "third": lambda *a: _reduce(*a, m=3),
+    "new_random_max": lambda rng, lat, frac, z, ctx: _new_random(
+        rng, lat, frac, z, ctx, up_to_max=True
+    ),
+    "halve": lambda rng, lat, frac, z, ctx: _reduce(rng, lat, frac, z, ctx, m=2),
+    "third": lambda rng, lat, frac, z, ctx: _reduce(rng, lat, frac, z, ctx, m=3),
     "strain": _strain,
-    "shape_strain": lambda *a: _strain(*a, traceless=True),
+    "shape_strain": lambda rng, lat, frac, z, ctx: _strain(rng, lat, frac, z, ctx, traceless=True),
     "rattle": _rattle,
 }
 
@@ -497,7 +504,7 @@ def apply_move(
     lat = lat.astype(np.float64)
     frac = frac.astype(np.float64)
     z = z.astype(np.int64)
-    why = "no attempt"
+    why: str | None = "no attempt"
     for _ in range(max(1, ctx.tries)):
         try:
             out = MOVES[name](rng, lat, frac, z, ctx)

@@ -86,7 +86,8 @@ def build() -> dict[str, np.ndarray]:
 def main() -> None:
     tables = build()
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(OUT, **tables)
+    # allow_pickle (the default) named, so that no table can be taken for it
+    np.savez_compressed(OUT, allow_pickle=True, **tables)
     print(f"wrote {OUT}: {len(tables['wp_mult'])} Wyckoff positions, {len(tables['op_rot'])} ops")
 
 

@@ -298,6 +298,7 @@ def random_crystals(
         cells = _random_cells(rng, gs, volumes, max_ratio)
         s_pad = max(len(w) for w in wy)
         s_pad = 1 << (s_pad - 1).bit_length()
+        x64 = jax.config.jax_enable_x64  # type: ignore[attr-defined]  # a dynamic jax.config option
         cand = WyckoffCrystals.create(
             gs,
             wy,
@@ -306,7 +307,7 @@ def random_crystals(
             xyz,
             max_sites=s_pad,
             max_atoms=total,
-            dtype=jnp.float64 if jax.config.jax_enable_x64 else None,
+            dtype=jnp.float64 if x64 else None,
         )
         ok = np.all(_cell_widths(cells) > max_tol, axis=-1)
         crystals = _reconstruct(cand)
@@ -316,7 +317,7 @@ def random_crystals(
             i = int(slots[k])
             if i in accepted:
                 continue  # spglib only on the first good candidate of each slot
-            if check_symmetry and _spglib_numbers(host, [k], symprec)[0] != gs[k]:
+            if host is not None and _spglib_numbers(host, [k], symprec)[0] != gs[k]:
                 continue
             accepted[i] = (int(gs[k]), wy[k], sp[k], cells[k], xyz[k])
     missing = [i for i in range(n) if i not in accepted]

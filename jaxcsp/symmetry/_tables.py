@@ -63,7 +63,7 @@ class WyckoffPosition(NamedTuple):
     """
 
     spg: int
-    index: int
+    index: int  # type: ignore[assignment]  # public field name; shadows tuple.index by design
     letter: str
     multiplicity: int
     site_symmetry: str

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+from jax.typing import ArrayLike
 
 from jaxcsp.crystal import Crystals
 from jaxcsp.elements import atomic_numbers, chemical_symbols
@@ -443,14 +444,14 @@ def _lo_hi(bounds: Bounds, dtype):
     return lo, hi
 
 
-def normalize_cell(cell: Array, bounds: Bounds = DEFAULT_BOUNDS) -> Array:
+def normalize_cell(cell: ArrayLike, bounds: Bounds = DEFAULT_BOUNDS) -> Array:
     """Map ``(..., 6)`` cell parameters (Å, degrees) to [0, 1] with ``bounds`` (affine)."""
     cell = jnp.asarray(cell)
     lo, hi = _lo_hi(bounds, cell.dtype)
     return (cell - lo) / (hi - lo)
 
 
-def denormalize_cell(cell_u: Array, bounds: Bounds = DEFAULT_BOUNDS) -> Array:
+def denormalize_cell(cell_u: ArrayLike, bounds: Bounds = DEFAULT_BOUNDS) -> Array:
     """Inverse of :func:`normalize_cell`: ``(..., 6)`` in [0, 1] to Å and degrees."""
     cell_u = jnp.asarray(cell_u)
     lo, hi = _lo_hi(bounds, cell_u.dtype)
