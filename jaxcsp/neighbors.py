@@ -14,7 +14,7 @@ Contract:
 * Capacity ``K`` and the image ranges are *shapes*: they are chosen on the host from the data
   (:func:`neighbor_list_spec`, with headroom) and checked inside ``jit``. :func:`update` reuses
   them while structures move and sets ``overflow`` for every crystal whose list did not fit or
-  whose cell became too thin for the image range; :func:`neighbor_list` re-allocates and
+  whose cell became too thin for the image budget; :func:`neighbor_list` re-allocates and
   recomputes until nothing overflows, so a list is never silently truncated.
 
 Algorithm. Coordinates are wrapped, ``f = w + o`` with ``w`` in ``[0, 1)`` and integer ``o``; the
@@ -22,8 +22,10 @@ wrap is folded back into the returned shift (``shift = s + o_i - o_j``). With
 ``x_d = cutoff / width_d`` (``width_d = V / |a_e × a_f|`` the perpendicular width of the cell
 along axis ``d``), a neighbor needs ``|w_j - w_i + s|_d <= x_d``, so for each pair the admissible
 shifts along ``d`` form the interval ``[ceil(-x_d - Δw_d), floor(x_d - Δw_d)]``, which holds at most
-``m_d = floor(2 x_d) + 1`` integers. Each pair therefore tests ``M = m_1 m_2 m_3`` candidate images
-``s = lo_ij + t`` (``t`` in the static box ``[0, m_1) × [0, m_2) × [0, m_3)``), instead of all
+``k_d = floor(2 x_d) + 1`` integers. Each pair therefore tests ``k_1 k_2 k_3`` candidate images
+``s = lo_ij + t`` (``t`` in its crystal's box ``[0, k_1) × [0, k_2) × [0, k_3)``, numbered
+within a static budget ``M``: the largest box of the batch, not the product of the per-axis
+maxima, which for a batch of random cells is often 5-10x larger), instead of all
 ``prod(2 ceil(x_d) + 1)`` images of a cell-wide search (1 instead of 27 for a minimum-image cell,
 8 instead of 27 for cells between one and two cutoffs wide). Candidates are tested in Cartesian
 space (``|(Δw + lo) @ L + t @ L|² < cutoff²``, the image offset added on the fly) and the
@@ -145,8 +147,9 @@ class NeighborListSpec:
     Attributes:
       cutoff: cutoff radius in Å.
       max_neighbors: capacity ``K`` (slots per atom).
-      images: ``(m_1, m_2, m_3)`` candidate image shifts tested per pair along each lattice
-        vector; covers every cell with ``floor(2 cutoff / width_d) + 1 <= m_d``.
+      images: a box ``(m_1, m_2, m_3)`` whose product ``M`` is the static budget of candidate
+        images per pair; each crystal enumerates its own box ``k_d = floor(2 cutoff / width_d)
+        + 1`` inside it, so it covers every cell with ``k_1 k_2 k_3 <= M``.
       method: ``"xla"`` or ``"pallas"`` (resolved, never ``"auto"``).
       interpret: run the Pallas kernel in interpret mode (automatic off GPU).
     """
@@ -258,12 +261,6 @@ def cell_widths(lattice: _Lattice) -> _Lattice:
     return vol[..., None] / areas
 
 
-def _images_needed(x: Any) -> Any:
-    """Candidate shifts per pair along each axis for reduced cutoffs ``x = cutoff / width``."""
-    xp = np if isinstance(x, np.ndarray) else jnp
-    return xp.floor(2.0 * (x + _FRAC_EPS)).astype(xp.int32) + 1
-
-
 def _wrap(frac: Array) -> tuple[Array, Array]:
     """``frac = w + o`` with ``w`` in ``[0, 1)`` and integer ``o`` (int32)."""
     o = jnp.floor(frac)
@@ -292,7 +289,7 @@ def _build(
     cutoff = jnp.asarray(cutoff, dtype)
     w, o = _wrap(frac)
     x = cutoff / cell_widths(lattice)  # (B, 3)
-    image_overflow = jnp.any(_images_needed(x) > jnp.asarray(images, jnp.int32), axis=-1)
+    image_overflow = jnp.prod(_pk.crystal_box(x), axis=-1) > math.prod(images)
 
     def lists(w, lattice, mask, x, o):
         return _pk.neighbor_list(
@@ -426,10 +423,10 @@ def neighbor_list_spec(
     resolved = _resolve_method(method)
     crystals = _check_crystals(crystals)
     _, widths = _host_widths(crystals, "neighbor_list_spec")
-    need = _images_needed(cutoff * (1.0 + cell_headroom) / widths)
+    need = _pk.crystal_box(cutoff * (1.0 + cell_headroom) / widths)
     images: tuple[int, int, int] = (1, 1, 1)
-    if len(need):
-        m = need.max(axis=0)  # (3,)
+    if len(need):  # each crystal enumerates its own box: the budget is the largest box
+        m = need[int(np.argmax(need.prod(axis=-1)))]
         images = (int(m[0]), int(m[1]), int(m[2]))
     if math.prod(images) > MAX_IMAGES:
         worst = int(np.argmax(need.prod(axis=-1)))
@@ -737,7 +734,7 @@ def edge_list_spec(
             else np.asarray(center_mask, bool) & np.take_along_axis(amask, ctr, axis=1)
         )
     r = ctr.shape[1]
-    box = _images_needed(cutoff * (1.0 + cell_headroom) / widths)  # (B, 3)
+    box = _pk.crystal_box(cutoff * (1.0 + cell_headroom) / widths)  # (B, 3)
     if min_box is not None:
         box = np.maximum(box, np.asarray(min_box, dtype=box.dtype).reshape(b, 3))
     m = box.prod(axis=-1)
@@ -839,7 +836,7 @@ def edge_list(spec: EdgeListSpec, crystals: Crystals) -> EdgeList:
     frac = jax.lax.stop_gradient(crystals.frac).reshape(b * n, 3)
     lat = jax.lax.stop_gradient(crystals.lattice).astype(dtype)
     x = jnp.asarray(spec.cutoff, dtype) / cell_widths(lat)  # (B, 3)
-    image_overflow = jnp.any(_images_needed(x) > spec.box, axis=-1)
+    image_overflow = jnp.any(_pk.crystal_box(x) > spec.box, axis=-1)
     d = frac[spec.neighbor] - frac[spec.center]  # (T, 3)
     s = jnp.ceil(-x[spec.crystal] - d - _FRAC_EPS) + spec.offset.astype(dtype)
     u = d + s

@@ -147,6 +147,19 @@ def image_offset(t: Any, m2: Any, m3: Any) -> tuple[Any, Any, Any]:
     return t // (m2 * m3), (t // m3) % m2, t % m3
 
 
+def crystal_box(x: Any) -> Any:
+    """Candidate images per pair along each axis of one crystal, ``floor(2 (x + eps)) + 1``.
+
+    ``x`` are reduced cutoffs ``cutoff / width`` (numpy or traced, any shape ``(..., 3)``);
+    int32. Each crystal enumerates its own box ``k_1 × k_2 × k_3`` (decoded with
+    :func:`image_offset`) within the static candidate budget ``M``, so a batch costs ``M`` =
+    the largest ``k_1 k_2 k_3`` of its crystals rather than the product of per-axis maxima
+    (a flat cell next to a tall one needs no box that holds both).
+    """
+    xp = np if isinstance(x, np.ndarray) else jnp
+    return xp.floor(2.0 * (x + FRAC_EPS)).astype(xp.int32) + 1
+
+
 def num_words(images: tuple[int, int, int]) -> int:
     """Output words per pair, ``ceil(M / 32)``."""
     return -(-math.prod(images) // BITS)
@@ -184,8 +197,7 @@ def _candidate_kernel(
     Bit ``b`` of ``out[g, i, 0, j]`` is set when image ``lo_ij + t`` of atom ``j``, with
     ``t = 32 * program_id(3) + b``, lies within the cutoff of atom ``i``.
     """
-    m1, m2, m3 = images
-    total = m1 * m2 * m3
+    total = math.prod(images)
     g, ti = wxi_ref.shape
     tj = wxj_ref.shape[1]
 
@@ -194,6 +206,8 @@ def _candidate_kernel(
 
     lat = [[col(3 * r + c) for c in range(3)] for r in range(3)]
     x = [col(9 + d) for d in range(3)]
+    k = [crystal_box(x[d]) for d in range(3)]  # this crystal's own box, (G, 1, 1) int32
+    k_total = k[0] * k[1] * k[2]
     rc2 = col(12)
     wi = [r[...][:, :, None] for r in (wxi_ref, wyi_ref, wzi_ref)]
     wj = [r[...][:, None, :] for r in (wxj_ref, wyj_ref, wzj_ref)]
@@ -208,7 +222,7 @@ def _candidate_kernel(
     acc = jnp.zeros((g, ti, tj), jnp.int32)
     for b in range(bits):  # static unroll: the image offset is fused into the distance
         t = word * BITS + b
-        t1, t2, t3 = image_offset(t, m2, m3)
+        t1, t2, t3 = image_offset(t, k[1], k[2])
         ft = [t1.astype(wi[0].dtype), t2.astype(wi[0].dtype), t3.astype(wi[0].dtype)]
         d2 = None
         for c in range(3):
@@ -216,7 +230,7 @@ def _candidate_kernel(
             dc = base[c] + off
             d2 = dc * dc if d2 is None else d2 + dc * dc
         self_pair = same & (lo[0] == -t1) & (lo[1] == -t2) & (lo[2] == -t3)
-        ok = (d2 < rc2) & pair_ok & ~self_pair & (t < total)
+        ok = (d2 < rc2) & pair_ok & ~self_pair & (t < total) & (t < k_total)
         acc = acc | (ok.astype(jnp.int32) << b)
     out_ref[...] = acc[:, :, None, :]
 
@@ -387,14 +401,19 @@ def _candidate_words_one(w, lattice, mask, x, *, cutoff, images, dense=False):
     pair_ok = mask[:, None] & mask[None, :]
     diag = jnp.eye(n, dtype=bool)
     rc2 = jnp.asarray(cutoff, w.dtype) ** 2
-    t = np.arange(m)
-    box = np.stack(image_offset(t, images[1], images[2]), -1)
+    k = crystal_box(x)  # this crystal's own box within the budget of M candidates
+    t = jnp.arange(m, dtype=jnp.int32)
+    box = jnp.stack(image_offset(t, k[1], k[2]), -1)  # (M, 3) int32
+    live = t < k[0] * k[1] * k[2]  # (M,)
 
-    def one_image(t):
-        off = [t[0] * lattice[0, c] + t[1] * lattice[1, c] + t[2] * lattice[2, c] for c in range(3)]
+    def one_image(t, alive):  # t (3,) int32: one candidate offset; alive: inside the box
+        tf = t.astype(w.dtype)
+        off = [
+            tf[0] * lattice[0, c] + tf[1] * lattice[1, c] + tf[2] * lattice[2, c] for c in range(3)
+        ]
         d2 = (base[0] + off[0]) ** 2 + (base[1] + off[1]) ** 2 + (base[2] + off[2]) ** 2
         self_pair = diag & (lo[0] == -t[0]) & (lo[1] == -t[1]) & (lo[2] == -t[2])
-        return (d2 < rc2) & pair_ok & ~self_pair
+        return (d2 < rc2) & pair_ok & ~self_pair & alive
 
     if dense:
         q = -(-n // BITS)
@@ -406,9 +425,9 @@ def _candidate_words_one(w, lattice, mask, x, *, cutoff, images, dense=False):
             return jnp.sum(bits << lane, axis=-1, dtype=jnp.uint32)
 
         if m <= UNROLL_IMAGES:
-            planes = [pack(one_image([int(v) for v in box[k]])) for k in range(m)]
+            planes = [pack(one_image(box[u], live[u])) for u in range(m)]
             return jnp.stack(planes, axis=1)  # (N, M, Q)
-        ok = jax.vmap(one_image)(jnp.asarray(box, w.dtype).T[..., None, None].transpose(1, 0, 2, 3))
+        ok = jax.vmap(one_image)(box, live)  # (M, N, N)
         return jnp.transpose(pack(ok), (1, 0, 2))  # (N, M, Q)
 
     if m <= UNROLL_IMAGES:
@@ -417,12 +436,12 @@ def _candidate_words_one(w, lattice, mask, x, *, cutoff, images, dense=False):
         for u in range(words):
             acc = jnp.zeros((n, n), jnp.uint32)
             for b in range(min(BITS, m - u * BITS)):
-                t = [int(v) for v in box[u * BITS + b]]
-                acc = acc | (one_image(t).astype(jnp.uint32) << b)
+                c = u * BITS + b
+                acc = acc | (one_image(box[c], live[c]).astype(jnp.uint32) << b)
             packed.append(acc)
         packed = jnp.stack(packed)  # (W, N, N)
     else:
-        ok = jax.vmap(one_image)(jnp.asarray(box, w.dtype).T[..., None, None].transpose(1, 0, 2, 3))
+        ok = jax.vmap(one_image)(box, live)  # (M, N, N)
         if words * BITS != m:
             ok = jnp.concatenate([ok, jnp.zeros((words * BITS - m, n, n), bool)], axis=0)
         ok = ok.reshape(words, BITS, n, n).astype(jnp.uint32)
@@ -484,8 +503,9 @@ def compact_candidates(
     own = jnp.arange(r, dtype=jnp.int32)[:, None] % n
     j = jnp.where(slot_mask, j, own)
     flat_j = (jnp.arange(r, dtype=jnp.int32)[:, None] - own + j).reshape(-1)
-    t_axes = image_offset(t, images[1], images[2])
     x_r = jnp.repeat(x, n, axis=0)
+    k_r = crystal_box(x_r)  # (R, 3): each row decodes with its crystal's own box
+    t_axes = image_offset(t, k_r[:, 1:2], k_r[:, 2:3])
     comps = []
     for c in range(3):  # structure of arrays: 1-D gathers, (R, K) planes
         w_c = w[..., c].reshape(r)

@@ -244,7 +244,7 @@ def test_neighbor_shapes_are_reused_across_batches():
             c, float(pot.cutoff), capacity_headroom=0.5, cell_headroom=0.15
         )
         spec = _relax._spec_for(pot, c, method="auto")
-        assert all(a >= b for a, b in zip(spec.images, need.images, strict=True))
+        assert spec.num_images >= need.num_images
         assert spec.max_neighbors >= need.max_neighbors
         assert spec.max_neighbors in (8, 12, 16, 24, 32, 48, 64, 96, 128)
         needs.add((need.images, need.max_neighbors))

@@ -213,9 +213,6 @@ def fingerprints(
         spart = _pad_batch(scaled.take(np.arange(start, min(b, start + size))), size)
         while True:
             spec = nb.neighbor_list_spec(spart, float(cutoff), max_neighbors=cap)
-            cube = (max(spec.images),) * 3  # one shape for the permutations of the widths
-            if math.prod(cube) <= 2 * math.prod(spec.images):
-                spec = dataclasses.replace(spec, images=cube)
             fp, overflow = _fingerprint_chunk(spec, part, species=zs, k=k, q=q)
             if not bool(np.any(np.asarray(overflow))):
                 break
