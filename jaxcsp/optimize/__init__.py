@@ -2,7 +2,9 @@
 
 Every optimizer is an ``(init_fn, step_fn)`` pair over a batch of independent objectives
 (see :mod:`jaxcsp.optimize._base` for the row/DOF conventions); :func:`relax` drives them for a
-``Crystals`` batch and any ``Potential``.
+``Crystals`` batch and any ``Potential``. What moves is a :class:`Dofs` value
+(:class:`AtomPositions`, :class:`FrechetCell`, :class:`WyckoffFree`, or a new kind in a few
+lines, see :mod:`jaxcsp.optimize._dofs`).
 """
 
 from jaxcsp.optimize._base import (
@@ -17,6 +19,7 @@ from jaxcsp.optimize._base import (
     masked_fmax,
 )
 from jaxcsp.optimize._bfgs import BFGSLineSearchState, bfgs_linesearch
+from jaxcsp.optimize._dofs import AtomPositions, Dofs, FrechetCell, WyckoffFree
 from jaxcsp.optimize._fire import FIREState, LBFGSState, fire, lbfgs
 from jaxcsp.optimize._relax import (
     METHODS,
@@ -47,14 +50,18 @@ __all__ = [
     "RUNNING",
     "STATUS_NAMES",
     "UNCERTAIN",
+    "AtomPositions",
     "BFGSLineSearchState",
+    "Dofs",
     "FIREState",
+    "FrechetCell",
     "LBFGSState",
     "Optimizer",
     "RelaxData",
     "RelaxResult",
     "StreamSummary",
     "WyckoffData",
+    "WyckoffFree",
     "bfgs_linesearch",
     "clip_by_per_sample_norm",
     "crystals_from_dofs",

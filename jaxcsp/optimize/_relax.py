@@ -11,6 +11,10 @@ Degrees of freedom (DOF rows, see :mod:`jaxcsp.optimize._base`):
   through the matrix exponential (autodiff), i.e. ASE's Fréchet-derivative forces. The cell
   block sits in the fixed rows ``N..N+2`` of the padded array, so padding never hides it.
 
+Both are :class:`~jaxcsp.optimize.Dofs` values (:class:`~jaxcsp.optimize.AtomPositions`,
+:class:`~jaxcsp.optimize.FrechetCell`); any other kind is passed as ``dofs=`` and nothing here
+depends on which (see :mod:`jaxcsp.optimize._dofs`).
+
 ``symmetric=True`` on a ``Crystals`` batch is the FixSymmetry-style mode: spglib's operations
 of each starting structure (``symprec``) symmetrise the atom and cell gradients every
 evaluation, so the optimizer never breaks the starting symmetry. Relaxation directly in Wyckoff
@@ -26,13 +30,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg
 import numpy as np
 
 from jaxcsp.crystal import Crystals
@@ -46,8 +48,8 @@ from jaxcsp.optimize._base import (
     masked_fmax,
 )
 from jaxcsp.optimize._bfgs import bfgs_linesearch
+from jaxcsp.optimize._dofs import Dofs, as_dofs
 from jaxcsp.optimize._fire import fire, lbfgs
-from jaxcsp.optimize._wyckoff_dofs import crystals_from_wyckoff_dofs
 from jaxcsp.runtime import release_compiled_programs
 
 __all__ = [
@@ -73,6 +75,7 @@ class RelaxData(NamedTuple):
 
     Attributes:
       lattice0: ``(B, 3, 3)`` starting cell (Å), the reference of the cell filter.
+      frac0: ``(B, N, 3)`` starting fractional coordinates.
       species: ``(B, N)`` int32 atomic numbers. mask: ``(B, N)`` bool real atoms.
       cell_factor: ``(B,)`` exp_cell_factor of the Fréchet filter (number of atoms).
       pressure: ``(B,)`` scalar pressure in eV/Å³ (enthalpy term, cell filter only).
@@ -82,6 +85,7 @@ class RelaxData(NamedTuple):
     """
 
     lattice0: Array
+    frac0: Array
     species: Array
     mask: Array
     cell_factor: Array
@@ -124,38 +128,26 @@ class RelaxResult(NamedTuple):
 # ---------------------------------------------------------------------- DOFs
 
 
-def initial_dofs(crystals: Crystals, cell_filter: str | None) -> tuple[Array, Array]:
-    """Starting DOF rows ``x (B, R, 3)`` and ``row_mask (B, R)`` for a batch (traceable)."""
-    pos = jnp.where(crystals.mask[..., None], crystals.positions, 0.0)
-    if cell_filter is None:
-        return pos, crystals.mask
-    b = pos.shape[0]
-    x = jnp.concatenate([pos, jnp.zeros((b, 3, 3), pos.dtype)], axis=1)
-    return x, jnp.concatenate([crystals.mask, jnp.ones((b, 3), bool)], axis=1)
+def initial_dofs(crystals: Crystals, cell_filter: Any) -> tuple[Array, Array]:
+    """Starting DOF rows ``x (B, R, 3)`` and ``row_mask (B, R)`` of a batch (traceable).
+
+    ``cell_filter`` is a :class:`~jaxcsp.optimize.Dofs` or a built-in name (``None``,
+    ``"frechet"``).
+    """
+    return as_dofs(cell_filter).init(crystals)
 
 
-def crystals_from_dofs(x: Array, data: Any, cell_filter: str | None) -> Crystals:
+def crystals_from_dofs(x: Array, data: Any, cell_filter: Any) -> Crystals:
     """The structures described by DOF rows ``x`` (traceable and differentiable).
 
-    ``cell_filter`` is ``None``/``"frechet"`` (``data`` a :class:`RelaxData`) or ``"wyckoff"`` /
-    ``"wyckoff_fixed_cell"`` (``data`` a :class:`~jaxcsp.optimize._wyckoff_dofs.WyckoffData`).
+    ``cell_filter`` is a :class:`~jaxcsp.optimize.Dofs` or a built-in name: ``None`` /
+    ``"frechet"`` (``data`` a :class:`RelaxData`) or ``"wyckoff"`` / ``"wyckoff_fixed_cell"``
+    (``data`` a :class:`~jaxcsp.optimize._wyckoff_dofs.WyckoffData`).
     """
-    if cell_filter in ("wyckoff", "wyckoff_fixed_cell"):
-        return crystals_from_wyckoff_dofs(x, data)
-    n = data.mask.shape[-1]
-    inv0 = jnp.linalg.inv(data.lattice0)
-    if cell_filter is None:
-        lattice = data.lattice0
-    else:
-        log_f = x[:, n:] / data.cell_factor[:, None, None]
-        f = jax.vmap(jax.scipy.linalg.expm)(log_f)
-        lattice = jnp.einsum("bij,bkj->bik", data.lattice0, f)
-    frac = jnp.einsum("bni,bij->bnj", x[:, :n], inv0)
-    frac = jnp.where(data.mask[..., None], frac, 0.0)
-    return Crystals(lattice=lattice, frac=frac, species=data.species, mask=data.mask)
+    return as_dofs(cell_filter).to_crystals(x, data)
 
 
-def _symmetrize(g: Array, data: RelaxData, cell_filter: str | None) -> Array:
+def _symmetrize(g: Array, data: RelaxData, cell_filter: Any) -> Array:
     """Average gradient rows over the symmetry operations (FixSymmetry-style)."""
     n = data.mask.shape[-1]
 
@@ -165,7 +157,7 @@ def _symmetrize(g: Array, data: RelaxData, cell_filter: str | None) -> Array:
         contrib = jnp.einsum("ni,kij->knj", atoms, rot) * opmask[:, None, None]
         sym = jnp.zeros_like(atoms).at[perm.reshape(-1)].add(contrib.reshape(-1, 3)) / count
         sym = jnp.where(mask[:, None], sym, 0.0)
-        if cell_filter is None:
+        if not as_dofs(cell_filter).has_cell:
             return sym
         cell = g[n:]
         cell_sym = jnp.einsum("kji,jl,klm->im", rot, cell, rot * opmask[:, None, None]) / count
@@ -174,7 +166,7 @@ def _symmetrize(g: Array, data: RelaxData, cell_filter: str | None) -> Array:
     return jax.vmap(one)(g, data.sym_perm, data.sym_rot, data.sym_mask, data.mask)
 
 
-def _objective(potential, spec, cell_filter: str | None) -> Callable:
+def _objective(potential, spec, cell_filter: Any) -> Callable:
     from jaxcsp import neighbors as nb
 
     def total(x, data):
@@ -186,7 +178,7 @@ def _objective(potential, spec, cell_filter: str | None) -> Callable:
             nl = nb.update(spec, jax.lax.stop_gradient(c))
             overflow = nl.overflow
             e = potential.energies(c, nl)
-        if cell_filter not in (None, "wyckoff_fixed_cell"):
+        if as_dofs(cell_filter).has_cell:
             e = e + data.pressure * jnp.abs(jnp.linalg.det(c.lattice))
         return jnp.sum(e), (e, overflow)
 
@@ -465,11 +457,11 @@ def _quantize_capacity(k: int) -> int:
 def _spec_for(potential, crystals: Crystals, *, method: str, growth: float = 1.0):
     """Neighbor-list shapes for a batch (host side): counted, quantized, or an earlier covering one.
 
-    The capacity is rounded up to a coarse grid, the image box to a cube where that costs at
-    most ``_REUSE_IMAGES`` times the images needed, and a spec chosen earlier in this process
-    for the same cutoff and method is reused when it covers this batch (images and capacity at
-    least those needed) for at most ``_REUSE_IMAGES`` times the images and ``_REUSE_CAPACITY``
-    times the slots: the set of compiled shapes stays small however many batches come.
+    The capacity is rounded up to a coarse grid, and a spec chosen earlier in this process
+    for the same cutoff and method is reused when it covers this batch (image budget and
+    capacity at least those needed) for at most ``_REUSE_IMAGES`` times the images and
+    ``_REUSE_CAPACITY`` times the slots: the set of compiled shapes stays small however many
+    batches come.
     """
     if potential.cutoff is None:
         return None
@@ -487,17 +479,12 @@ def _spec_for(potential, crystals: Crystals, *, method: str, growth: float = 1.0
     fits = [
         s
         for s in chosen
-        if all(a >= b for a, b in zip(s.images, need.images, strict=True))
-        and s.num_images <= _REUSE_IMAGES * need.num_images
+        if need.num_images <= s.num_images <= _REUSE_IMAGES * need.num_images
         and k <= s.max_neighbors <= _REUSE_CAPACITY * k
     ]
     if fits:
         return min(fits, key=lambda s: (s.num_images * s.max_neighbors, s.images))
-    images = need.images
-    cube = (max(images),) * 3  # one box shape for the permutations of a cell's widths
-    if math.prod(cube) <= _REUSE_IMAGES * need.num_images:
-        images = cube
-    spec = dataclasses.replace(need, max_neighbors=k, images=images)
+    spec = dataclasses.replace(need, max_neighbors=k)
     chosen.append(spec)
     return spec
 
@@ -515,6 +502,7 @@ def make_data(
     sym = symmetry_operations(crystals, symprec=symprec) if symmetric else (None, None, None)
     return RelaxData(
         lattice0=crystals.lattice,
+        frac0=crystals.frac,
         species=crystals.species,
         mask=crystals.mask,
         cell_factor=crystals.num_atoms.astype(dtype),
@@ -537,8 +525,10 @@ def _check_args(method, cell_filter, **numbers):
       InvalidArgumentError: a numeric argument out of its domain (``error.argument`` names it).
     """
     _factory(method)
-    if cell_filter not in CELL_FILTERS:
-        raise JaxcspError(f"unknown cell_filter {cell_filter!r}; choose None or 'frechet'")
+    if not (isinstance(cell_filter, Dofs) or cell_filter in CELL_FILTERS):
+        raise JaxcspError(
+            f"unknown cell_filter {cell_filter!r}; choose None or 'frechet' or pass dofs="
+        )
     units = {"fmax": "eV/Å", "symprec": "Å", "pressure": "eV/Å³"}
     minimum = {"min_batch": 0}
     for name, value in numbers.items():
@@ -548,6 +538,29 @@ def _check_args(method, cell_filter, **numbers):
             check_real(name, value, positive=False, unit=units[name])
         else:
             check_int(name, value, minimum=minimum.get(name, 1))
+
+
+def _choose_dofs(cell_filter: Any, dofs: Any, symmetric: bool = False) -> Any:
+    """The DOFs a driver relaxes: ``dofs`` if given (then ``cell_filter`` must be ``None``)."""
+    if dofs is None:
+        return cell_filter
+    if not isinstance(dofs, Dofs):
+        raise InvalidArgumentError(
+            f"dofs must be a jaxcsp.optimize.Dofs, got {type(dofs).__name__}",
+            argument="dofs",
+            value=dofs,
+        )
+    if cell_filter is not None:
+        raise InvalidArgumentError(
+            "give either cell_filter or dofs, not both", argument="dofs", value=dofs
+        )
+    if symmetric and not dofs.atom_rows:
+        raise InvalidArgumentError(
+            f"symmetric=True symmetrises atom (and cell) rows; {type(dofs).__name__} has none",
+            argument="dofs",
+            value=dofs,
+        )
+    return dofs
 
 
 def _bucket(n_running: int, min_batch: int) -> int:
@@ -726,6 +739,7 @@ def relax(
     method: str = "bfgs_linesearch",
     fmax: float = 0.01,
     cell_filter: str | None = None,
+    dofs: Dofs | None = None,
     max_steps: int = 1000,
     symmetric: bool = False,
     symprec: float = 1e-4,
@@ -746,7 +760,11 @@ def relax(
       potential: any :class:`~jaxcsp.potentials.Potential`.
       method: ``"bfgs_linesearch"`` (ASE ``BFGSLineSearch``, fused), ``"fire"`` or ``"lbfgs"``.
       fmax: convergence threshold on the largest force / cell-force row, eV/Å.
-      cell_filter: ``None`` (fixed cell) or ``"frechet"`` (ASE ``FrechetCellFilter``).
+      cell_filter: ``None`` (fixed cell) or ``"frechet"`` (ASE ``FrechetCellFilter``): the
+        built-in :class:`~jaxcsp.optimize.AtomPositions` and
+        :class:`~jaxcsp.optimize.FrechetCell` degrees of freedom.
+      dofs: any other :class:`~jaxcsp.optimize.Dofs` (a new kind of degrees of freedom: a
+        frozen dataclass with ``init`` and ``to_crystals``); replaces ``cell_filter``.
       max_steps: optimizer steps per structure.
       symmetric: FixSymmetry-style mode (spglib operations of the starting structures).
       symprec: spglib tolerance in Å for ``symmetric``.
@@ -794,6 +812,7 @@ def relax(
     from jaxcsp.crystal import find_overlaps
     from jaxcsp.potentials import check_species
 
+    cell_filter = _choose_dofs(cell_filter, dofs, symmetric)
     _check_args(
         method,
         cell_filter,

@@ -45,6 +45,7 @@ from jaxcsp.optimize._relax import (
     _after_chunk,
     _below_floor_at_start,
     _check_args,
+    _choose_dofs,
     _init,
     _run,
     _spec_for,
@@ -242,6 +243,7 @@ def relax_stream(
     method: str = "bfgs_linesearch",
     fmax: float = 0.01,
     cell_filter: str | None = None,
+    dofs: Any = None,
     max_steps: int = 1000,
     pressure: float = 0.0,
     refill_every: int = 10,
@@ -262,7 +264,8 @@ def relax_stream(
       db: ASE database path or URL (SQLite by default); created if missing, resumed if not.
       max_atoms: atom cap ``N_max`` per batch: a class of padded size ``n`` runs
         ``max(1, max_atoms // n)`` slots.
-      method, fmax, cell_filter, max_steps, pressure: as in :func:`jaxcsp.optimize.relax`.
+      method, fmax, cell_filter, dofs, max_steps, pressure: as in
+        :func:`jaxcsp.optimize.relax`.
       refill_every: steps between refills (and database writes).
       neighbor_method: neighbor-list backend.
       progress: show a progress bar with throughput.
@@ -298,6 +301,7 @@ def relax_stream(
     def place(tree):
         return parallel.shard_batch(tree, mesh)
 
+    cell_filter = _choose_dofs(cell_filter, dofs)
     _check_args(
         method,
         cell_filter,
