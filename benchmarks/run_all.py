@@ -69,7 +69,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, list[str] | None]]] = {
         {
             "quick": ["--quick"],
             "default": [],
-            "gpu": ["--n", "2000", "--ase-n", "40", "--cases", "lj32,sw64"],
+            "gpu": ["--gpu"],
         },
     ),
     "design": ("--seed 0", {"quick": ["--quick"], "default": [], "gpu": ["--n", "10000"]}),
