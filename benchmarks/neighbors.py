@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             mask=jnp.ones((batch, n), bool),
         )
         for rc in args.cutoffs:
-            spec = neighbor_list_spec(c, rc, method="xla")
+            spec = neighbor_list_spec(c, rc, backend="xla")
             t_ours = time_fn(ours, spec, c, repeats=repeats, warmup=1)
             nl, _ = ours(spec, c)
             pairs = int(np.asarray(nl.mask).sum())

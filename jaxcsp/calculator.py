@@ -168,7 +168,7 @@ def build_neighbors(
     crystals: Crystals,
     *,
     skin: float = 0.0,
-    method: str = "auto",
+    backend: str = "auto",
 ) -> Any:
     """Neighbor lists for ``potential`` on a concrete batch (host side; ``None`` if not needed).
 
@@ -180,7 +180,7 @@ def build_neighbors(
       potential: the potential (its ``cutoff`` in Å).
       crystals: concrete batch.
       skin: extra radius in Å (Verlet skin for relaxers); the energy is unchanged by it.
-      method: neighbor-list backend (``"auto"``, ``"xla"``, ``"pallas"``).
+      backend: neighbor-list backend (``"auto"``, ``"xla"``, ``"pallas"``).
 
     Returns:
       :class:`~jaxcsp.neighbors.Neighbors` with ``overflow`` all False, or ``None``.
@@ -190,8 +190,8 @@ def build_neighbors(
     from jaxcsp import neighbors as nb
 
     cutoff = float(potential.cutoff) + float(skin)
-    spec = nb.neighbor_list_spec(crystals, cutoff, method=method, capacity_headroom=0.0)
-    return nb.neighbor_list(crystals, cutoff, max_neighbors=spec.max_neighbors, method=method)
+    spec = nb.neighbor_list_spec(crystals, cutoff, backend=backend, capacity_headroom=0.0)
+    return nb.neighbor_list(crystals, cutoff, max_neighbors=spec.max_neighbors, backend=backend)
 
 
 def calculate(
@@ -199,7 +199,7 @@ def calculate(
     crystals: Crystals,
     *,
     neighbors: Any = None,
-    method: str = "auto",
+    backend: str = "auto",
     source: str | None = None,
     mesh: Any = None,
 ) -> Results:
@@ -210,7 +210,7 @@ def calculate(
       crystals: concrete batch (mixed sizes are padded into one :class:`Crystals`).
       neighbors: optional precomputed lists (cutoff ``>= potential.cutoff``); built here when
         ``None``.
-      method: neighbor-list backend.
+      backend: neighbor-list backend.
       source: name used in error messages.
       mesh: a :func:`jaxcsp.parallel.batch_mesh` to split the batch over several devices
         (padded to a multiple of the mesh size, trimmed after; results keep the sharding).
@@ -225,7 +225,7 @@ def calculate(
     """
     check_species(potential, crystals, source=source)
     if neighbors is None:
-        neighbors = build_neighbors(potential, crystals, method=method)
+        neighbors = build_neighbors(potential, crystals, backend=backend)
     elif bool(np.any(np.asarray(neighbors.overflow))):
         from jaxcsp.errors import InvalidStructureError
 
@@ -245,10 +245,10 @@ def calculate(
 
 
 def calculate_energy(
-    potential: Potential, crystals: Crystals, *, neighbors: Any = None, method: str = "auto"
+    potential: Potential, crystals: Crystals, *, neighbors: Any = None, backend: str = "auto"
 ) -> Array:
     """Energies only, ``(B,)`` eV (host entry point; cheaper than :func:`calculate`)."""
     check_species(potential, crystals)
     if neighbors is None:
-        neighbors = build_neighbors(potential, crystals, method=method)
+        neighbors = build_neighbors(potential, crystals, backend=backend)
     return _energies_jit(potential, crystals, neighbors)

@@ -53,7 +53,7 @@ import numpy as np
 
 import pallas_kernels.neighbor_list as _pk
 from jaxcsp.crystal import Crystals
-from jaxcsp.errors import InvalidStructureError, JaxcspError
+from jaxcsp.errors import InvalidArgumentError, InvalidStructureError, JaxcspError
 
 __all__ = [
     "EdgeList",
@@ -78,8 +78,8 @@ Array = jax.Array
 #: Fractional-coordinate margin of the per-pair image interval (candidates are over-, never
 #: under-enumerated; the distance test is exact).
 _FRAC_EPS = _pk.FRAC_EPS
-#: Methods accepted by :func:`neighbor_list`.
-METHODS = ("auto", "xla", "pallas")
+#: Backends accepted by :func:`neighbor_list`.
+BACKENDS = ("auto", "xla", "pallas")
 #: Upper bound on candidate images per pair (guards against absurd cutoff / width ratios).
 MAX_IMAGES = 16384
 #: Counted neighbor capacities are rounded up to a multiple of this, so that batches of similar
@@ -150,14 +150,14 @@ class NeighborListSpec:
       images: a box ``(m_1, m_2, m_3)`` whose product ``M`` is the static budget of candidate
         images per pair; each crystal enumerates its own box ``k_d = floor(2 cutoff / width_d)
         + 1`` inside it, so it covers every cell with ``k_1 k_2 k_3 <= M``.
-      method: ``"xla"`` or ``"pallas"`` (resolved, never ``"auto"``).
+      backend: ``"xla"`` or ``"pallas"`` (resolved, never ``"auto"``).
       interpret: run the Pallas kernel in interpret mode (automatic off GPU).
     """
 
     cutoff: float = dataclasses.field(metadata=dict(static=True))
     max_neighbors: int = dataclasses.field(metadata=dict(static=True))
     images: tuple[int, int, int] = dataclasses.field(metadata=dict(static=True))
-    method: str = dataclasses.field(default="xla", metadata=dict(static=True))
+    backend: str = dataclasses.field(default="xla", metadata=dict(static=True))
     interpret: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     @property
@@ -175,20 +175,20 @@ def _concrete(x: Any) -> bool:
 
 def _check_cutoff(cutoff: Any) -> float:
     if isinstance(cutoff, jax.core.Tracer):
-        raise InvalidStructureError(
+        raise InvalidArgumentError(
             "cutoff must be a concrete Python number (it fixes shapes); use "
             "neighbor_list_spec outside jit and update inside it",
-            field="cutoff",
+            argument="cutoff",
         )
     try:
         value = float(cutoff)
     except (TypeError, ValueError) as e:
-        raise InvalidStructureError(
-            f"cutoff must be a number, got {cutoff!r}", field="cutoff"
+        raise InvalidArgumentError(
+            f"cutoff must be a number, got {cutoff!r}", argument="cutoff", value=cutoff
         ) from e
     if not math.isfinite(value) or value <= 0.0:
-        raise InvalidStructureError(
-            f"cutoff must be positive and finite, got {value!r}", field="cutoff"
+        raise InvalidArgumentError(
+            f"cutoff must be positive and finite, got {value!r}", argument="cutoff", value=value
         )
     return value
 
@@ -197,25 +197,30 @@ def _check_max_neighbors(max_neighbors: Any) -> int | None:
     if max_neighbors is None:
         return None
     if isinstance(max_neighbors, bool) or not isinstance(max_neighbors, (int, np.integer)):
-        raise InvalidStructureError(
+        raise InvalidArgumentError(
             f"max_neighbors must be a positive int or None, got {max_neighbors!r}",
-            field="max_neighbors",
+            argument="max_neighbors",
+            value=max_neighbors,
         )
     if max_neighbors < 1:
-        raise InvalidStructureError(
-            f"max_neighbors must be >= 1, got {max_neighbors}", field="max_neighbors"
+        raise InvalidArgumentError(
+            f"max_neighbors must be >= 1, got {max_neighbors}",
+            argument="max_neighbors",
+            value=max_neighbors,
         )
     return int(max_neighbors)
 
 
-def _resolve_method(method: Any) -> str:
-    if method not in METHODS:
-        raise InvalidStructureError(
-            f"unknown method {method!r}; expected one of {METHODS}", field="method"
+def _resolve_backend(backend: Any) -> str:
+    if backend not in BACKENDS:
+        raise InvalidArgumentError(
+            f"unknown neighbor-list backend {backend!r}; expected one of {BACKENDS}",
+            argument="backend",
+            value=backend,
         )
-    if method == "auto":
+    if backend == "auto":
         return "pallas" if jax.default_backend() == "gpu" else "xla"
-    return method
+    return backend
 
 
 def _check_crystals(crystals: Any) -> Crystals:
@@ -271,7 +276,7 @@ def _wrap(frac: Array) -> tuple[Array, Array]:
     return w, o.astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("images", "capacity", "method", "interpret"))
+@functools.partial(jax.jit, static_argnames=("images", "capacity", "backend", "interpret"))
 def _build(
     lattice: Array,
     frac: Array,
@@ -280,7 +285,7 @@ def _build(
     *,
     images: tuple[int, int, int],
     capacity: int,
-    method: str,
+    backend: str,
     interpret: bool,
 ) -> tuple[Array, Array, Array, Array, Array]:
     """Lists with static shapes; ``cutoff`` is traced (one compilation per shape, not cutoff)."""
@@ -301,7 +306,7 @@ def _build(
             images=images,
             max_neighbors=capacity,
             interpret=interpret,
-            use_kernel=method == "pallas",
+            use_kernel=backend == "pallas",
             o=o,  # fold the wrap back in: shifts relative to the coordinates as given
         )
 
@@ -322,7 +327,7 @@ def _update(spec: NeighborListSpec, crystals: Crystals) -> tuple[Neighbors, Arra
         jnp.asarray(spec.cutoff, crystals.frac.dtype),
         images=spec.images,
         capacity=spec.max_neighbors,
-        method=spec.method,
+        backend=spec.backend,
         interpret=spec.interpret,
     )
     nl = Neighbors(index=index, shift=shift, mask=mask, overflow=overflow, cutoff=spec.cutoff)
@@ -391,7 +396,7 @@ def neighbor_list_spec(
     cutoff: float,
     *,
     max_neighbors: int | None = None,
-    method: str = "auto",
+    backend: str = "auto",
     capacity_headroom: float = 0.25,
     cell_headroom: float = 0.05,
     round_capacity: bool = True,
@@ -404,7 +409,7 @@ def neighbor_list_spec(
       max_neighbors: capacity ``K``; ``None`` counts the neighbors of the data and adds
         ``capacity_headroom``, rounded up to a multiple of :data:`CAPACITY_QUANTUM` when
         ``round_capacity`` (batches of similar density then share compiled programs).
-      method: ``"auto"`` (Pallas on GPU, XLA elsewhere), ``"xla"`` or ``"pallas"`` (off GPU the
+      backend: ``"auto"`` (Pallas on GPU, XLA elsewhere), ``"xla"`` or ``"pallas"`` (off GPU the
         kernel runs in interpret mode: correct, slow).
       capacity_headroom: relative head-room on the counted capacity.
       cell_headroom: relative amount by which cell widths may shrink before :func:`update`
@@ -416,11 +421,12 @@ def neighbor_list_spec(
       A hashable :class:`NeighborListSpec`.
 
     Raises:
-      InvalidStructureError: bad cutoff, capacity or method, or a degenerate cell.
+      InvalidArgumentError: bad cutoff, capacity or backend.
+      InvalidStructureError: a degenerate cell.
     """
     cutoff = _check_cutoff(cutoff)
     max_neighbors = _check_max_neighbors(max_neighbors)
-    resolved = _resolve_method(method)
+    resolved = _resolve_backend(backend)
     crystals = _check_crystals(crystals)
     _, widths = _host_widths(crystals, "neighbor_list_spec")
     need = _pk.crystal_box(cutoff * (1.0 + cell_headroom) / widths)
@@ -496,7 +502,7 @@ def neighbor_list(
     cutoff: float,
     *,
     max_neighbors: int | None = None,
-    method: str = "auto",
+    backend: str = "auto",
 ) -> Neighbors:
     """Neighbor lists of a concrete batch, re-allocated until nothing overflows (host side).
 
@@ -506,16 +512,17 @@ def neighbor_list(
       cutoff: cutoff radius in Å; pairs with distance ``< cutoff`` are neighbors.
       max_neighbors: initial capacity ``K``; ``None`` sizes it from the data. If any atom has
         more neighbors, the list is re-allocated with a larger ``K`` and recomputed.
-      method: ``"auto"`` (Pallas on GPU, XLA elsewhere), ``"xla"`` or ``"pallas"``.
+      backend: ``"auto"`` (Pallas on GPU, XLA elsewhere), ``"xla"`` or ``"pallas"``.
 
     Returns:
       :class:`Neighbors` with ``overflow`` all False.
 
     Raises:
-      InvalidStructureError: non-positive or non-finite cutoff, ``max_neighbors < 1``, unknown
-        method, traced input, or a degenerate cell.
+      InvalidArgumentError: non-positive or non-finite cutoff, ``max_neighbors < 1``, unknown
+        backend, a traced cutoff.
+      InvalidStructureError: traced input, or a degenerate cell.
     """
-    spec = neighbor_list_spec(crystals, cutoff, max_neighbors=max_neighbors, method=method)
+    spec = neighbor_list_spec(crystals, cutoff, max_neighbors=max_neighbors, backend=backend)
     for _ in range(3):
         nl, max_count = _update(spec, crystals)
         if not bool(np.any(np.asarray(nl.overflow))):
@@ -707,8 +714,9 @@ def edge_list_spec(
       :class:`EdgeListSpec`.
 
     Raises:
-      InvalidStructureError: bad cutoff, centers out of range, traced input, degenerate cell,
-        or more than :data:`MAX_CANDIDATES` candidates (use :func:`neighbor_list` for full lists
+      InvalidArgumentError: bad cutoff, centers of the wrong shape or out of range.
+      InvalidStructureError: traced input, degenerate cell, or more than
+        :data:`MAX_CANDIDATES` candidates (use :func:`neighbor_list` for full lists
         of large cells).
     """
     cutoff = _check_cutoff(cutoff)
@@ -723,11 +731,11 @@ def edge_list_spec(
     else:
         ctr = np.asarray(centers, dtype=np.int64)
         if ctr.ndim != 2 or ctr.shape[0] != b:
-            raise InvalidStructureError(
-                f"centers must have shape (B={b}, R), got {ctr.shape}", field="centers"
+            raise InvalidArgumentError(
+                f"centers must have shape (B={b}, R), got {ctr.shape}", argument="centers"
             )
         if ctr.size and (ctr.min() < 0 or ctr.max() >= n):
-            raise InvalidStructureError(f"centers out of range [0, {n})", field="centers")
+            raise InvalidArgumentError(f"centers out of range [0, {n})", argument="centers")
         cmask = (
             np.take_along_axis(amask, ctr, axis=1)
             if center_mask is None
@@ -793,7 +801,9 @@ def edge_list_spec(
         want = max(math.ceil(found * (1.0 + capacity_headroom)), floor)
         max_edges = _round_up(want)
     elif isinstance(max_edges, bool) or int(max_edges) < 1:
-        raise InvalidStructureError(f"max_edges must be >= 1, got {max_edges!r}", field="max_edges")
+        raise InvalidArgumentError(
+            f"max_edges must be >= 1, got {max_edges!r}", argument="max_edges", value=max_edges
+        )
     return EdgeListSpec(
         row=jnp.asarray(arrays["row"]),
         center=jnp.asarray(arrays["center"]),

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from test_neighbors import ase_triples, batches, make_batch
 
 from jaxcsp.crystal import Crystals
-from jaxcsp.errors import InvalidStructureError
+from jaxcsp.errors import InvalidArgumentError, InvalidStructureError
 from jaxcsp.neighbors import edge_list, edge_list_spec, edge_list_vectors
 
 jax.config.update("jax_enable_x64", True)
@@ -124,13 +124,13 @@ def test_pair_energy_gradient_matches_finite_differences():
 
 def test_bad_input_raises_typed_errors():
     c = Crystals.create(np.eye(3) * 3.0, [[0, 0, 0]], [14])
-    with pytest.raises(InvalidStructureError, match="centers"):
+    with pytest.raises(InvalidArgumentError, match="centers"):
         edge_list_spec(c, 2.0, centers=np.array([[3]]))
-    with pytest.raises(InvalidStructureError, match="centers"):
+    with pytest.raises(InvalidArgumentError, match="centers"):
         edge_list_spec(c, 2.0, centers=np.array([0]))
-    with pytest.raises(InvalidStructureError, match="cutoff"):
+    with pytest.raises(InvalidArgumentError, match="cutoff"):
         edge_list_spec(c, -1.0)
-    with pytest.raises(InvalidStructureError, match="max_edges"):
+    with pytest.raises(InvalidArgumentError, match="max_edges"):
         edge_list_spec(c, 2.0, max_edges=0)
     thin = Crystals.create(np.diag([3.0, 3.0, 1e-4]), [[0, 0, 0]], [14])
     with pytest.raises(InvalidStructureError, match="too thin"):

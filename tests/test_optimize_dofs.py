@@ -121,7 +121,7 @@ def test_round_trip_and_generalised_force_match_finite_differences(kind):
     back = kind.to_crystals(x, data)
     np.testing.assert_allclose(np.asarray(back.lattice), np.asarray(c.lattice), atol=1e-12)
     np.testing.assert_allclose(np.asarray(back.frac), np.asarray(c.frac), atol=1e-12)
-    value_and_grad = jax.jit(_objective(pot, _spec_for(pot, c, method="auto", growth=2.0), kind))
+    value_and_grad = jax.jit(_objective(pot, _spec_for(pot, c, backend="auto", growth=2.0), kind))
     _, g, overflow = value_and_grad(x, data)
     assert not bool(np.any(np.asarray(overflow)))
     rng = np.random.default_rng(0)

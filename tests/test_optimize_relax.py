@@ -243,7 +243,7 @@ def test_neighbor_shapes_are_reused_across_batches():
         need = nb.neighbor_list_spec(
             c, float(pot.cutoff), capacity_headroom=0.5, cell_headroom=0.15
         )
-        spec = _relax._spec_for(pot, c, method="auto")
+        spec = _relax._spec_for(pot, c, backend="auto")
         assert spec.num_images >= need.num_images
         assert spec.max_neighbors >= need.max_neighbors
         assert spec.max_neighbors in (8, 12, 16, 24, 32, 48, 64, 96, 128)
@@ -251,7 +251,7 @@ def test_neighbor_shapes_are_reused_across_batches():
         chosen.add(spec)
     assert len(batches) >= 6 and len(chosen) < len(needs)
     for c in batches[:2]:  # the reused shapes really hold every neighbor
-        spec = _relax._spec_for(pot, c, method="auto")
+        spec = _relax._spec_for(pot, c, backend="auto")
         assert not bool(np.any(np.asarray(nb.update(spec, c).overflow)))
 
 

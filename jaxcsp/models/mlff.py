@@ -393,7 +393,7 @@ class MLFFEnsemble:
         check_species(pot, crystals, source="mlff ensemble input")
         # the relaxation driver's shape choice: quantized capacity, and an earlier spec of this
         # process reused when it covers the batch (few compiled neighbor and model programs)
-        nl = nb.update(_spec_for(pot, crystals, method="auto"), crystals)
+        nl = nb.update(_spec_for(pot, crystals, backend="auto"), crystals)
         if bool(np.any(np.asarray(nl.overflow))):
             nl = nb.neighbor_list(crystals, self.config.cutoff)
         return _pad_capacity(nl, _quantize(nl.capacity))

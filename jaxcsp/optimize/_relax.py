@@ -454,11 +454,11 @@ def _quantize_capacity(k: int) -> int:
     return p * 3 // 4 if k <= p * 3 // 4 else p
 
 
-def _spec_for(potential, crystals: Crystals, *, method: str, growth: float = 1.0):
+def _spec_for(potential, crystals: Crystals, *, backend: str, growth: float = 1.0):
     """Neighbor-list shapes for a batch (host side): counted, quantized, or an earlier covering one.
 
     The capacity is rounded up to a coarse grid, and a spec chosen earlier in this process
-    for the same cutoff and method is reused when it covers this batch (image budget and
+    for the same cutoff and backend is reused when it covers this batch (image budget and
     capacity at least those needed) for at most ``_REUSE_IMAGES`` times the images and
     ``_REUSE_CAPACITY`` times the slots: the set of compiled shapes stays small however many
     batches come.
@@ -470,12 +470,12 @@ def _spec_for(potential, crystals: Crystals, *, method: str, growth: float = 1.0
     need = nb.neighbor_list_spec(
         crystals,
         float(potential.cutoff),
-        method=method,
+        backend=backend,
         capacity_headroom=0.5 * growth,
         cell_headroom=0.15 * growth,
     )
     k = _quantize_capacity(need.max_neighbors)
-    chosen = _CHOSEN_SPECS.setdefault((need.cutoff, need.method, need.interpret), [])
+    chosen = _CHOSEN_SPECS.setdefault((need.cutoff, need.backend, need.interpret), [])
     fits = [
         s
         for s in chosen
@@ -585,7 +585,7 @@ def drive(
     fmax: float,
     max_steps: int,
     chunk: int,
-    neighbor_method: str,
+    neighbor_backend: str,
     progress: bool = False,
     min_batch: int = 32,
     invalid: Any = None,
@@ -636,11 +636,11 @@ def drive(
 
     x0, row_mask, data = place(x0), place(row_mask), place(data)
     growth = 1.0
-    spec = _spec_for(potential, crystals, method=neighbor_method)
+    spec = _spec_for(potential, crystals, backend=neighbor_backend)
     state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
     while bool(jnp.any(state.overflow)):
         growth *= 2.0
-        spec = _spec_for(potential, crystals, method=neighbor_method, growth=growth)
+        spec = _spec_for(potential, crystals, backend=neighbor_backend, growth=growth)
         state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
     state = place(state)
     if invalid is not None and np.any(invalid):
@@ -692,19 +692,19 @@ def drive(
             # while the batch that needed it runs)
             growth = 1.0
             current = crystals_from_dofs(state.x, work_data, mode)
-            spec = _spec_for(potential, current, method=neighbor_method)
+            spec = _spec_for(potential, current, backend=neighbor_backend)
         new = _run(
             state, work_data, potential, spec, mu, floor, n_steps=chunk, guarded=guarded, **kw
         )
         state, spec, growth = _after_chunk(
-            state, new, work_data, potential, spec, growth, mode, neighbor_method
+            state, new, work_data, potential, spec, growth, mode, neighbor_backend
         )
     if bar is not None:
         bar.close()
     return _scatter(full, idx, state)
 
 
-def _after_chunk(before, new, data, potential, spec, growth, mode, neighbor_method):
+def _after_chunk(before, new, data, potential, spec, growth, mode, neighbor_backend):
     """Host step after a jitted chunk: ``(state, spec, growth)`` to go on with.
 
     If the chunk stopped on an overflowing step, ``new`` is the last good state before it: the
@@ -716,7 +716,7 @@ def _after_chunk(before, new, data, potential, spec, growth, mode, neighbor_meth
     progressed = bool(jnp.any(new.force_calls != before.force_calls))
     growth = 2.0 if progressed else 2.0 * growth
     current = crystals_from_dofs(new.x, data, mode)
-    spec = _spec_for(potential, current, method=neighbor_method, growth=growth)
+    spec = _spec_for(potential, current, backend=neighbor_backend, growth=growth)
     return new._replace(overflow=jnp.zeros_like(new.overflow)), spec, growth
 
 
@@ -745,7 +745,7 @@ def relax(
     symprec: float = 1e-4,
     pressure: float = 0.0,
     chunk: int = 50,
-    neighbor_method: str = "auto",
+    neighbor_backend: str = "auto",
     progress: bool = False,
     min_batch: int = 32,
     mesh: Any = None,
@@ -770,7 +770,7 @@ def relax(
       symprec: spglib tolerance in Å for ``symmetric``.
       pressure: scalar pressure in eV/Å³ (with ``cell_filter``).
       chunk: steps per jitted call between host checks (overflow, progress).
-      neighbor_method: neighbor-list backend (``"auto"``, ``"xla"``, ``"pallas"``).
+      neighbor_backend: neighbor-list backend (``"auto"``, ``"xla"``, ``"pallas"``).
       progress: show a progress bar.
       min_batch: smallest working batch of the compaction (see :func:`drive`): once at most
         half the structures are still running they are gathered into a smaller batch, so the
@@ -857,7 +857,7 @@ def relax(
         fmax=fmax,
         max_steps=max_steps,
         chunk=chunk,
-        neighbor_method=neighbor_method,
+        neighbor_backend=neighbor_backend,
         progress=progress,
         min_batch=min_batch,
         invalid=overlapping,
@@ -873,19 +873,19 @@ def relax(
         lattice=jnp.where(still, crystals.lattice.astype(final.lattice.dtype), final.lattice),
         frac=jnp.where(still, crystals.frac.astype(final.frac.dtype), final.frac),
     )
-    res = result_from_state(state, final, potential, neighbor_method)
+    res = result_from_state(state, final, potential, neighbor_backend)
     if mesh is not None:
         res = jax.tree_util.tree_map(lambda a: a[:n_real], res)
     return res
 
 
-def result_from_state(state, final: Crystals, potential, neighbor_method: str) -> RelaxResult:
+def result_from_state(state, final: Crystals, potential, neighbor_backend: str) -> RelaxResult:
     """Final energies/forces/stress (one more evaluation) and the optimizer's bookkeeping.
 
     The neighbor shapes come from :func:`_spec_for` (counted on ``final``, so nothing overflows),
     so the final evaluation reuses compiled shapes like the relaxation does.
     """
-    res = final_results(potential, final, _spec_for(potential, final, method=neighbor_method))
+    res = final_results(potential, final, _spec_for(potential, final, backend=neighbor_backend))
     return RelaxResult(
         crystals=final,
         energy=res.energy,
@@ -910,7 +910,7 @@ def final_results(potential, crystals: Crystals, spec):
     if nl is not None and bool(jnp.any(nl.overflow)):
         from jaxcsp.calculator import calculate
 
-        return calculate(potential, crystals, method=spec.method)
+        return calculate(potential, crystals, backend=spec.backend)
     return _calc_jit(potential, crystals, nl)
 
 

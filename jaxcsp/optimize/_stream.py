@@ -247,7 +247,7 @@ def relax_stream(
     max_steps: int = 1000,
     pressure: float = 0.0,
     refill_every: int = 10,
-    neighbor_method: str = "auto",
+    neighbor_backend: str = "auto",
     progress: bool = True,
     input_ids: Any = None,
     key_value_pairs: dict | Sequence[dict] | None = None,
@@ -267,7 +267,7 @@ def relax_stream(
       method, fmax, cell_filter, dofs, max_steps, pressure: as in
         :func:`jaxcsp.optimize.relax`.
       refill_every: steps between refills (and database writes).
-      neighbor_method: neighbor-list backend.
+      neighbor_backend: neighbor-list backend.
       progress: show a progress bar with throughput.
       input_ids: one non-negative ``int`` per input, the ``input_id`` its row carries and
         resuming keys on (default ``0, 1, ...``); lets several calls share one database, as
@@ -364,7 +364,7 @@ def relax_stream(
 
         everyone = concatenate([pad_crystals(w.crystal, n_pad) for w in classes[n_pad]])
         growth = 1.0
-        spec = _spec_for(potential, everyone, method=neighbor_method)
+        spec = _spec_for(potential, everyone, backend=neighbor_backend)
         before = _programs()
 
         def start(batch, spec):
@@ -381,7 +381,7 @@ def relax_stream(
         while True:
             if bool(jnp.any(state.overflow)):
                 growth *= 2.0
-                spec = _spec_for(potential, batch, method=neighbor_method, growth=growth)
+                spec = _spec_for(potential, batch, backend=neighbor_backend, growth=growth)
                 data, fresh = start(batch, spec)
                 # restart every lane of this batch with the larger shapes (deterministic)
                 state = place(fresh._replace(status=jnp.where(idle, 1, fresh.status)))
@@ -459,7 +459,7 @@ def relax_stream(
             floor = None if floor_per_atom is None else _floor(data)
             new = _run(state, data, potential, spec, None, floor, n_steps=refill_every, **kw)
             state, spec, growth = _after_chunk(
-                state, new, data, potential, spec, growth, cell_filter, neighbor_method
+                state, new, data, potential, spec, growth, cell_filter, neighbor_backend
             )
         compiles += _programs() - before
     if bar is not None:

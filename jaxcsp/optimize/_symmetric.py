@@ -47,7 +47,7 @@ def relax_wyckoff(
     max_steps: int = 1000,
     pressure: float = 0.0,
     chunk: int = 50,
-    neighbor_method: str = "auto",
+    neighbor_backend: str = "auto",
     progress: bool = False,
     **options: Any,
 ) -> tuple[Any, RelaxResult]:
@@ -60,7 +60,7 @@ def relax_wyckoff(
       fmax: convergence threshold on the largest DOF-gradient row (≈ eV/Å, see the module
         docstring).
       cell: also relax the free lattice parameters.
-      max_steps, pressure (eV/Å³), chunk, neighbor_method, progress, **options: as in
+      max_steps, pressure (eV/Å³), chunk, neighbor_backend, progress, **options: as in
         :func:`jaxcsp.optimize.relax`.
 
     Returns:
@@ -95,10 +95,10 @@ def relax_wyckoff(
         fmax=fmax,
         max_steps=max_steps,
         chunk=chunk,
-        neighbor_method=neighbor_method,
+        neighbor_backend=neighbor_backend,
         progress=progress,
     )
     wc_final = wyckoff_from_dofs(state.x, data)
     return wc_final, result_from_state(
-        state, reconstruct(wc_final, wrap=True), potential, neighbor_method
+        state, reconstruct(wc_final, wrap=True), potential, neighbor_backend
     )
