@@ -8,10 +8,13 @@ pure-``jnp`` :func:`neighbor_list_reference` (dense, all images, no pruning: the
 Problem. For every crystal ``b`` of a padded batch, every atom pair ``(i, j)`` and every image
 shift ``s``, decide whether ``|r_j - r_i + s @ L| < cutoff``. Coordinates are wrapped
 (``w`` in ``[0, 1)``); with reduced cutoffs ``x_d = cutoff / width_d`` (perpendicular widths) the
-admissible shifts of a pair along axis ``d`` lie in ``[lo_d, lo_d + m_d)`` with
-``lo_d = ceil(-x_d - Δw_d)`` and ``m_d = floor(2 x_d) + 1`` (static, from the host), so a pair
-has ``M = m_1 m_2 m_3`` candidate images ``s = lo + t``: 1 for a cell wider than two cutoffs, 8 for
-a cell between one and two cutoffs wide, ``7³`` when the cutoff is three cell widths.
+admissible shifts of a pair along axis ``d`` lie in ``[lo_d, lo_d + k_d)`` with
+``lo_d = ceil(-x_d - Δw_d)`` and ``k_d = floor(2 x_d) + 1`` (:func:`crystal_box`, computed per
+crystal inside the program), so a pair has ``k_1 k_2 k_3`` candidate images ``s = lo + t``: 1 for
+a cell wider than two cutoffs, 8 for a cell between one and two cutoffs wide, ``7³`` when the
+cutoff is three cell widths. Candidates are numbered ``t = 0 .. M - 1`` within a static budget
+``M`` chosen on the host (the largest box of the batch); each crystal decodes ``t`` with its own
+box (:func:`image_offset`) and ignores ``t >= k_1 k_2 k_3``.
 
 Kernel design (the seed's Algorithm 2, "CUDA-accelerated PBC neighbor list", re-tiled):
 
@@ -262,9 +265,10 @@ def candidate_words(
       w: ``(B, N, 3)`` wrapped fractional coordinates in ``[0, 1)``.
       lattice: ``(B, 3, 3)`` lattice rows, Å.
       mask: ``(B, N)`` bool, real atoms.
-      x: ``(B, 3)`` reduced cutoffs ``cutoff / width`` (must satisfy ``floor(2 x_d) + 1 <= m_d``).
+      x: ``(B, 3)`` reduced cutoffs ``cutoff / width`` (each crystal's box must satisfy
+        ``prod(crystal_box(x)) <= prod(images)``).
       cutoff: scalar cutoff in Å (traced).
-      images: static ``(m_1, m_2, m_3)`` candidate images per pair and axis.
+      images: static box whose product ``M`` is the candidate budget per pair.
       block: static ``(G, T_i, T_j)``; default :func:`block_sizes`.
       interpret: run in Pallas interpret mode (CPU).
 
@@ -475,7 +479,7 @@ def compact_candidates(
         word ``(t, q)`` is image ``t`` of ``j = 32 q + b``.
       w: ``(B, N, 3)`` wrapped fractional coordinates used to build ``words``.
       x: ``(B, 3)`` reduced cutoffs used to build ``words``.
-      images: static ``(m_1, m_2, m_3)``.
+      images: static box whose product ``M`` is the candidate budget per pair.
       capacity: static ``K``.
       layout: static, ``"pair"`` or ``"dense"`` (see ``words``).
       o: optional ``(B, N, 3)`` int32 integer parts of the given coordinates (``frac = w + o``);
@@ -621,7 +625,8 @@ def neighbor_list(
       mask: ``(B, N)`` bool.
       x: ``(B, 3)`` reduced cutoffs ``cutoff / width``.
       cutoff: scalar cutoff, Å.
-      images: static candidate images per pair and axis (``floor(2 x_d) + 1 <= m_d``).
+      images: static box whose product ``M`` is the candidate budget per pair
+        (``prod(crystal_box(x)) <= M`` for every crystal).
       max_neighbors: static capacity ``K``.
       block: static kernel tile ``(G, T_i, T_j)``.
       interpret: Pallas interpret mode.
