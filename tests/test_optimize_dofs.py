@@ -64,7 +64,7 @@ def _ase_reference(atoms):
 def test_new_dof_kind_relaxes_through_relax_and_relax_stream(tmp_path):
     pot = jc.potentials.lennard_jones(sigma=SIGMA, epsilon=EPS, cutoff=CUTOFF)
     starts = _starts()
-    c = jc.io.from_ase(starts)
+    c = jc.pad(jc.io.from_ase(starts), 8)  # the stream's shapes below: its programs are reused
     res = jc.optimize.relax(c, pot, dofs=FixedFractionalCell(), fmax=1e-4)
     assert bool(np.all(np.asarray(res.converged)))
     assert float(np.max(np.asarray(res.max_force))) < 1e-4
@@ -73,15 +73,15 @@ def test_new_dof_kind_relaxes_through_relax_and_relax_stream(tmp_path):
     e = np.asarray(res.energy) / n
     for k, atoms in enumerate(starts):
         assert e[k] == pytest.approx(_ase_reference(atoms), abs=1e-6)
-    # the cell really moved: the stress at the start is far from zero, at the end it is not
-    s0 = np.asarray(jc.calculator.calculate(pot, c).stress)
-    s1 = np.asarray(res.stress)
-    assert np.abs(s0).max() > 1e-3 and np.abs(s1).max() < 1e-5
+    # the cell really moved (by ~5 % of its lengths), to zero stress
+    assert np.abs(np.asarray(res.crystals.lattice) - np.asarray(c.lattice)).max() > 0.1
+    assert np.abs(np.asarray(res.stress)).max() < 1e-5
 
     db = tmp_path / "cells.db"
     summary = jc.optimize.relax_stream(
-        starts, pot, db=db, dofs=FixedFractionalCell(), fmax=1e-4, max_atoms=8, progress=False
-    )
+        starts, pot, db=db, dofs=FixedFractionalCell(), fmax=1e-4, max_atoms=16,
+        refill_every=50, progress=False,
+    )  # fmt: skip
     assert summary.statuses == {"converged": 2}
     rows = sorted(jc.io.connect_db(db).select(), key=lambda r: r.input_id)
     for k, row in enumerate(rows):

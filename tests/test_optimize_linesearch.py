@@ -40,6 +40,7 @@ STARTS = np.array(
 K = len(STARTS)
 
 
+@jax.jit
 def _value_and_grad(x):  # x (K, 3): lane k evaluates objective k
     def one(x, k):
         return jax.lax.switch(k, [lambda x, i=i: _f(x, i) for i in range(K)], x)
@@ -47,19 +48,24 @@ def _value_and_grad(x):  # x (K, 3): lane k evaluates objective k
     return jax.vmap(jax.value_and_grad(one))(x, jnp.arange(K))
 
 
+_start, _iterate = jax.jit(ls_start), jax.jit(ls_iterate)  # one program each, traced params
+_f_jit = jax.jit(_f, static_argnums=1)
+_grad_jit = jax.jit(jax.grad(_f), static_argnums=1)
+
+
 def _ours(prm):
     x0 = jnp.asarray(STARTS)
     f0, g0 = _value_and_grad(x0)
     p = -g0
     pnorm = jnp.linalg.norm(p, axis=-1)
-    st, stp = ls_start(f0, jnp.sum(g0 * p, -1), pnorm, prm)
+    st, stp = _start(f0, jnp.sum(g0 * p, -1), pnorm, prm)
     calls = np.zeros(K, int)
     for _ in range(60):
         if not bool(jnp.any(st.task == FG)):
             break
         calls += np.asarray(st.task == FG)
         f, g = _value_and_grad(x0 + stp[:, None] * p)
-        st, stp = ls_iterate(st, stp, f, jnp.sum(g * p, -1), pnorm, prm)
+        st, stp = _iterate(st, stp, f, jnp.sum(g * p, -1), pnorm, prm)
     return (
         np.asarray(stp),
         np.asarray(st.task),
@@ -75,10 +81,10 @@ def _ase(k, prm):
 
     def func(x):
         calls[0] += 1
-        return float(_f(jnp.asarray(x), k))
+        return float(_f_jit(jnp.asarray(x), k))
 
     def fprime(x):
-        return np.asarray(jax.grad(lambda y: _f(y, k))(jnp.asarray(x)))
+        return np.asarray(_grad_jit(jnp.asarray(x), k))
 
     x0 = STARTS[k]
     g0 = fprime(x0)
