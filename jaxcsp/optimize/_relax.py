@@ -648,7 +648,8 @@ def drive(
         status = np.where(np.asarray(invalid, bool), INVALID, status).astype(status.dtype)
         state = state._replace(status=jnp.asarray(status))
     guarded = max_uncertainty is not None
-    mu = jnp.asarray(max_uncertainty if guarded else 0.0, x0.dtype)
+    # None when unguarded, as relax_stream passes it: the two share compiled programs
+    mu = jnp.asarray(max_uncertainty, x0.dtype) if guarded else None
     floor_full = None  # (B,) eV: the floor times each structure's atom count
     if min_energy_per_atom is not None:
         n_atoms = np.asarray(crystals.num_atoms, np.float64)

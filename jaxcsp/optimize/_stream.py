@@ -457,7 +457,9 @@ def relax_stream(
                 compiles += sizes - before
                 before = 0
             floor = None if floor_per_atom is None else _floor(data)
-            new = _run(state, data, potential, spec, None, floor, n_steps=refill_every, **kw)
+            new = _run(
+                state, data, potential, spec, None, floor, n_steps=refill_every, guarded=False, **kw
+            )  # guarded as relax passes it: one cache entry, programs shared with relax
             state, spec, growth = _after_chunk(
                 state, new, data, potential, spec, growth, cell_filter, neighbor_backend
             )
