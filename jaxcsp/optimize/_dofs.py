@@ -12,26 +12,13 @@ those variables become crystals again:
 
 The optimizer minimises ``E(to_crystals(x))`` (+ ``pV``) over ``x``; its gradient with respect
 to ``x`` is the generalised force, and convergence is the largest row norm of that gradient
-below ``fmax``. Nothing else in the optimizers or the drivers knows the kind of DOF, so a new kind
-is one small frozen dataclass (hashable: it is a static argument of the compiled programs)::
-
-    @dataclasses.dataclass(frozen=True)
-    class FixedFractionalCell(Dofs):  # free cell, fractional coordinates held fixed
-        has_cell = True
-
-        def init(self, crystals):
-            b = crystals.batch_size
-            return jnp.zeros((b, 3, 3), crystals.lattice.dtype), jnp.ones((b, 3), bool)
-
-        def to_crystals(self, x, data):
-            f = jax.vmap(jax.scipy.linalg.expm)(x / data.cell_factor[:, None, None])
-            lattice = jnp.einsum("bij,bkj->bik", data.lattice0, f)
-            return Crystals(lattice, data.frac0, data.species, data.mask)
-
-and ``relax(c, potential, dofs=FixedFractionalCell())`` or ``relax_stream(..., dofs=...)``
-relaxes with it. The built-in kinds are :class:`AtomPositions` (``cell_filter=None``),
-:class:`FrechetCell` (``cell_filter="frechet"``) and :class:`WyckoffFree` (what
-:func:`~jaxcsp.optimize.relax_wyckoff` uses).
+below ``fmax``. Nothing else in the optimizers or the drivers knows the kind of DOF, so a new
+kind is one small frozen dataclass (hashable: it is a static argument of the compiled
+programs), and ``relax(c, potential, dofs=MyKind())`` or ``relax_stream(..., dofs=MyKind())``
+relaxes with it: the relaxation guide (``docs/relaxation.md``, "Degrees of freedom") builds a
+free cell with fixed fractional coordinates in ten lines. The built-in kinds are
+:class:`AtomPositions` (``cell_filter=None``), :class:`FrechetCell` (``cell_filter="frechet"``)
+and :class:`WyckoffFree` (what :func:`~jaxcsp.optimize.relax_wyckoff` uses).
 """
 
 from __future__ import annotations
