@@ -462,7 +462,6 @@ def compact_candidates(
     w: Array,
     x: Array,
     *,
-    images: tuple[int, int, int],
     capacity: int,
     layout: str = "pair",
     o: Array | None = None,
@@ -479,7 +478,6 @@ def compact_candidates(
         word ``(t, q)`` is image ``t`` of ``j = 32 q + b``.
       w: ``(B, N, 3)`` wrapped fractional coordinates used to build ``words``.
       x: ``(B, 3)`` reduced cutoffs used to build ``words``.
-      images: static box whose product ``M`` is the candidate budget per pair.
       capacity: static ``K``.
       layout: static, ``"pair"`` or ``"dense"`` (see ``words``).
       o: optional ``(B, N, 3)`` int32 integer parts of the given coordinates (``frac = w + o``);
@@ -642,11 +640,9 @@ def neighbor_list(
         words = candidate_words(
             w, lattice, mask, x, cutoff, images=images, block=block, interpret=interpret
         )
-        return compact_candidates(words, w, x, images=images, capacity=max_neighbors, o=o)
+        return compact_candidates(words, w, x, capacity=max_neighbors, o=o)
     words = candidate_words_dense(w, lattice, mask, x, cutoff, images=images)
-    return compact_candidates(
-        words, w, x, images=images, capacity=max_neighbors, layout="dense", o=o
-    )
+    return compact_candidates(words, w, x, capacity=max_neighbors, layout="dense", o=o)
 
 
 # ---------------------------------------------------------------------- reference

@@ -70,7 +70,7 @@ def test_kernel_matches_jnp_twin_and_reference(b, n, cutoff, scale, dtype, block
     assert np.asarray(words).any()
 
     k = 2048
-    raw = pk.compact_candidates(words, w, x, images=images, capacity=k)
+    raw = pk.compact_candidates(words, w, x, capacity=k)
     assert raw.index.shape == (b, n, k) and raw.index.dtype == jnp.int32
     assert raw.shift.shape == (b, n, k, 3) and raw.shift.dtype == jnp.int32
     assert raw.mask.dtype == jnp.bool_ and raw.count.shape == (b, n)
