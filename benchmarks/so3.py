@@ -8,8 +8,13 @@ and lattice), with two neighbor paths: ``dense`` (:func:`jaxcsp.neighbors.update
 one edge list, :func:`jaxcsp.descriptors.so3_power_spectrum_edge_list`). PyXtal:
 ``SO3.compute_p`` (spectra) and ``SO3.compute_dpdr`` (spectra + dP/dr) looped over the same
 structures (its module needs a ``scipy.special.sph_harm`` shim on scipy
->= 1.17). Setting of the seed: nmax 2, lmax 4, rcut 2 Å, alpha 1.5. Run from the repository
-root::
+>= 1.17). Setting of the seed: ``SO3Settings()`` (nmax 2, lmax 4, rcut 2 Å, alpha 1.5 Å⁻²).
+
+The ``default call`` rows time the eager API, ``so3_power_spectrum(c)``, with its default
+``max_edges="auto"`` (edges within ``rcut`` counted first, only those evaluated) against the
+dense path it used to default to (``max_edges=None``: every neighbor slot), both with the
+neighbor list prebuilt (``nl``) and with it built inside the call (``full``). Run from the
+repository root::
 
     python -m benchmarks.so3 [--quick] [--batch 1000]
 """
@@ -17,6 +22,7 @@ root::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +32,14 @@ from benchmarks.harness import compare, time_fn
 
 jax.config.update("jax_enable_x64", True)
 
-from jaxcsp.descriptors import so3_power_spectrum, so3_power_spectrum_edge_list  # noqa: E402
+from jaxcsp.descriptors import (  # noqa: E402
+    SO3Settings,
+    so3_power_spectrum,
+    so3_power_spectrum_edge_list,
+)
 from jaxcsp.neighbors import edge_list, edge_list_spec, neighbor_list_spec, update  # noqa: E402
 
-KW = dict(nmax=2, lmax=4, rcut=2.0, alpha=1.5)
+SETTINGS = SO3Settings()  # the seed's: nmax 2, lmax 4, rcut 2 Å, alpha 1.5 Å⁻²
 
 
 def _pyxtal_so3():
@@ -39,7 +49,7 @@ def _pyxtal_so3():
         sp.sph_harm = lambda m, l, az, pol: sp.sph_harm_y(l, m, pol, az)
     from pyxtal.lego.SO3 import SO3
 
-    return SO3(**KW)
+    return SO3(**dataclasses.asdict(SETTINGS))
 
 
 def _batch(b: int, seed: int = 0, dtype=jnp.float64):
@@ -62,7 +72,7 @@ def _peer(c, spectra, peer_batch: int):
         widths = a.cell.volume / np.linalg.norm(
             np.cross(a.cell[[1, 2, 0]], a.cell[[2, 0, 1]]), axis=1
         )
-        if widths.min() > KW["rcut"]:
+        if widths.min() > SETTINGS.rcut:
             ref = calc.compute_p(a)
             np.testing.assert_allclose(
                 ours[k, : len(a)], ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max()
@@ -84,7 +94,7 @@ def main(argv=None) -> None:
 
     for dtype in (jnp.float64, jnp.float32):
         c = _batch(args.batch, dtype=dtype)
-        spec = neighbor_list_spec(c, KW["rcut"])
+        spec = neighbor_list_spec(c, SETTINGS.rcut)
         nl = update(spec, c)
         # capacity of the batch-wide edge list: the edges of this batch plus 25 % head-room
         edges = int(np.asarray(nl.mask).sum())
@@ -95,28 +105,29 @@ def main(argv=None) -> None:
 
         @jax.jit
         def dense_p(cc, spec=spec, cap=cap):
-            return so3_power_spectrum(cc, neighbors=update(spec, cc), max_edges=cap, **KW)
+            return so3_power_spectrum(cc, SETTINGS, neighbors=update(spec, cc), max_edges=cap)
 
         @jax.jit
         def dense_g(cc, spec=spec, w=w, cap=cap):
             def f(frac, lattice):
                 x = cc.replace(frac=frac, lattice=lattice)
-                p = so3_power_spectrum(x, neighbors=update(spec, x), max_edges=cap, **KW)
+                p = so3_power_spectrum(x, SETTINGS, neighbors=update(spec, x), max_edges=cap)
                 return jnp.sum(w * p)
 
             return jax.value_and_grad(f, argnums=(0, 1))(cc.frac, cc.lattice)
 
-        es = edge_list_spec(c, KW["rcut"], capacity_headroom=0.25, cell_headroom=0.05)
+        es = edge_list_spec(c, SETTINGS.rcut, capacity_headroom=0.25, cell_headroom=0.05)
 
         @jax.jit
         def edges_p(cc, es=es):
-            return so3_power_spectrum_edge_list(cc, edge_list(es, cc), **KW)
+            return so3_power_spectrum_edge_list(cc, edge_list(es, cc), SETTINGS)
 
         @jax.jit
         def edges_g(cc, es=es, w=w):
             def f(frac, lattice):
                 x = cc.replace(frac=frac, lattice=lattice)
-                return jnp.sum(w * so3_power_spectrum_edge_list(x, edge_list(es, x), **KW))
+                p = so3_power_spectrum_edge_list(x, edge_list(es, x), SETTINGS)
+                return jnp.sum(w * p)
 
             return jax.value_and_grad(f, argnums=(0, 1))(cc.frac, cc.lattice)
 
@@ -147,6 +158,27 @@ def main(argv=None) -> None:
                     unit_name="crystals",
                     extra=extra,
                 )
+        # the eager API's default (max_edges="auto") against its former default (dense)
+        default = {"auto": "auto", "dense": None}
+        auto_p = np.asarray(so3_power_spectrum(c, SETTINGS, neighbors=nl))
+        np.testing.assert_allclose(
+            auto_p, ref_p, rtol=1e-4 if name == "f32" else 1e-10, atol=2e-6 * np.abs(ref_p).max()
+        )
+        for variant, kw in (("nl", {"neighbors": nl}), ("full", {})):
+            t = {
+                k: time_fn(so3_power_spectrum, c, SETTINGS, max_edges=v, **kw)
+                for k, v in default.items()
+            }
+            compare(
+                "so3",
+                f"default call ({variant}) B={c.batch_size} atoms={atoms} {name}",
+                t["auto"],
+                t["dense"],
+                peer_name="max_edges=None",
+                units=c.batch_size,
+                unit_name="crystals",
+                extra={"path": f"default-{variant}"},
+            )
 
 
 if __name__ == "__main__":

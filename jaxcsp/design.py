@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcsp.descriptors import SO3Settings
+
 __all__ = [
     "DesignResult",
     "design",
@@ -223,10 +225,7 @@ def design(
     sizes: Sequence[int] = DEFAULT_SIZES,
     reference: Any = "graphite",
     target_cn: int = 3,
-    nmax: int = 2,
-    lmax: int = 4,
-    rcut: float = 2.0,
-    alpha: float = 1.5,
+    settings: SO3Settings = SO3Settings(),
     cn_weight: float = 1.0,
     progress: bool = True,
     dtype: Any = None,
@@ -247,7 +246,9 @@ def design(
       element, sizes: candidates' element and cell sizes (see :func:`generate_candidates`).
       reference: target environment for :func:`jaxcsp.descriptors.reference_spectrum`.
       target_cn: coordination number of the validity test (and of the smooth-CN term).
-      nmax, lmax, rcut, alpha: descriptor setting (seed: 2, 4, 2 Å, 1.5 Å⁻²).
+      settings: descriptor setting of the reference and the loss
+        (:class:`~jaxcsp.descriptors.SO3Settings`; the default is the seed's: nmax 2, lmax 4,
+        rcut 2.0 Å, alpha 1.5 Å⁻²).
       cn_weight: weight of the smooth-CN term of the loss (0 for the pure spectrum loss).
       progress: show a progress bar (tqdm).
       dtype: float dtype of the optimisation (default: JAX's default float).
@@ -261,7 +262,7 @@ def design(
     from jaxcsp.optimize.descriptor import loss_cutoff, optimize_wyckoff, site_edge_spec
     from jaxcsp.symmetry import reconstruct
 
-    ref = reference_spectrum(reference, nmax=nmax, lmax=lmax, rcut=rcut, alpha=alpha)
+    ref = reference_spectrum(reference, settings)
     wc = generate_candidates(jax.random.key(seed), n, element=element, sizes=sizes, dtype=dtype)
     done = _resume_rows(db, seed, n)
     todo = np.asarray([i for i in range(n) if i not in done], dtype=int)
@@ -284,17 +285,14 @@ def design(
         out["valid_initial"][i] = bool(row.get("valid_env_initial", False))
     kw = dict(
         steps=steps,
-        nmax=nmax,
-        lmax=lmax,
-        rcut=rcut,
-        alpha=alpha,
+        settings=settings,
         cn_weight=cn_weight,
         cn_target=float(target_cn),
         **optimize_kwargs,
     )
     # batches of candidates of similar size (less padding); image ranges are per crystal
     cutoff = loss_cutoff(
-        wc, rcut, cn_weight=cn_weight, cn_reach=optimize_kwargs.get("cn_reach", 0.5)
+        wc, settings.rcut, cn_weight=cn_weight, cn_reach=optimize_kwargs.get("cn_reach", 0.5)
     )
     if len(todo):
         natoms = np.asarray(wc.num_atoms)[todo]
@@ -451,9 +449,9 @@ def pyxtal_baseline(
 
     One structure at a time, as PyXtal does: Nelder–Mead (100 iterations) then L-BFGS-B (100,
     finite-difference gradients) on PyXtal's objective ``calculate_S`` against graphite
-    (``from_spg_wps_rep(194, ['2c', '2b'], reference_cell)``), SO(3) with ``nmax=2, lmax=4,
-    alpha=1.5`` and ``rcut``; validity by PyXtal's CN check. Shims ``scipy.special.sph_harm``
-    (removed in scipy 1.17) for PyXtal's SO3 module.
+    (``from_spg_wps_rep(194, ['2c', '2b'], reference_cell)``), SO(3) with nmax 2, lmax 4,
+    alpha 1.5 Å⁻² (as ``SO3Settings()``) and ``rcut``; validity by PyXtal's CN check. Shims
+    ``scipy.special.sph_harm`` (removed in scipy 1.17) for PyXtal's SO3 module.
 
     Args:
       wc: candidates (:class:`~jaxcsp.symmetry.WyckoffCrystals`).

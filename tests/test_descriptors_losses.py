@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -12,6 +13,7 @@ import pytest
 import jaxcsp.symmetry as sym
 from jaxcsp.crystal import Crystals
 from jaxcsp.descriptors import (
+    SO3Settings,
     bond_cutoffs,
     coordination_numbers,
     descriptor_loss,
@@ -21,20 +23,20 @@ from jaxcsp.descriptors import (
     spectrum_loss,
     valid_environment,
 )
-from jaxcsp.errors import InvalidStructureError
+from jaxcsp.errors import InvalidArgumentError, InvalidStructureError
 from jaxcsp.neighbors import neighbor_list, neighbor_list_spec
 
 LEGO_X = [11.111, 2.640, 0.290, 0.751, 0.421, 0.872]
 
 
-def _pyxtal_so3(**kw):
+def _pyxtal_so3(settings=SO3Settings()):
     import scipy.special as sp
 
     if not hasattr(sp, "sph_harm"):
         sp.sph_harm = lambda m, l, az, pol: sp.sph_harm_y(l, m, pol, az)
     from pyxtal.lego.SO3 import SO3
 
-    return SO3(**kw)
+    return SO3(**dataclasses.asdict(settings))
 
 
 @functools.cache
@@ -117,11 +119,14 @@ def test_reference_spectrum_is_graphite():
     assert ref.shape == (15,) and ref.dtype == np.float64
     g = pyxtal()
     g.from_spg_wps_rep(194, ["2c", "2b"], [2.464, 6.711], ["C", "C"])
-    pyx = _pyxtal_so3(nmax=2, lmax=4, rcut=2.0, alpha=1.5).compute_p(g.to_ase())
+    pyx = _pyxtal_so3().compute_p(g.to_ase())
     for row in pyx:  # all four atoms of graphite have the same environment within 2 Å
         np.testing.assert_allclose(ref, row, rtol=1e-8, atol=1e-8 * np.abs(ref).max())
     with pytest.raises(InvalidStructureError):
         reference_spectrum("unobtainium")
+    assert reference_spectrum("graphite", SO3Settings(nmax=3, lmax=2)).shape == (18,)
+    with pytest.raises(InvalidArgumentError, match="settings"):
+        reference_spectrum("graphite", 2)
 
 
 def test_descriptor_loss_matches_pyxtal_calculate_s():
@@ -137,7 +142,7 @@ def test_descriptor_loss_matches_pyxtal_calculate_s():
     )
     loss, aux = loss_fn(wc)
     assert loss.shape == (len(xtals),) and not bool(aux["overflow"].any())
-    calc = _pyxtal_so3(nmax=2, lmax=4, rcut=2.0, alpha=1.5)
+    calc = _pyxtal_so3()
     for b, x in enumerate(xtals):
         refs = np.vstack([ref] * len(x.atom_sites))
         expected = calculate_S(x.get_1d_rep_x(), x, refs, calc)
@@ -155,6 +160,16 @@ def test_descriptor_loss_matches_pyxtal_calculate_s():
     assert bool(jnp.all(jnp.isfinite(g)))
     with pytest.raises(InvalidStructureError):
         descriptor_loss(wc, ref, spec, weighting="bogus")
+    with pytest.raises(InvalidArgumentError, match="settings"):
+        descriptor_loss(wc, ref, spec, {"nmax": 2})
+    # concrete input: max_edges="auto" counts the edges and evaluates only those; the same
+    # losses and spectra as the traced (dense) call above and as the dense path forced
+    eager, aux_eager = descriptor_loss(wc, ref, spec, per_component=False)
+    dense, _ = descriptor_loss(wc, ref, spec, per_component=False, max_edges=None)
+    np.testing.assert_allclose(eager, loss, rtol=1e-12)
+    np.testing.assert_allclose(dense, loss, rtol=1e-12)
+    np.testing.assert_allclose(aux_eager["spectra"], p, rtol=1e-12, atol=1e-12 * np.abs(p).max())
+    assert not bool(aux_eager["overflow"].any())
 
 
 def test_spectrum_loss_masking():

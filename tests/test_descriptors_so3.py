@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import pathlib
 
 import jax
@@ -16,16 +18,18 @@ from scipy.spatial.transform import Rotation
 
 import jaxcsp.io as jio
 from jaxcsp.crystal import Crystals
-from jaxcsp.descriptors import num_so3_components, so3_basis, so3_power_spectrum
-from jaxcsp.descriptors._so3 import _radial_exact, _real_sph_harm
-from jaxcsp.errors import InvalidStructureError
+from jaxcsp.descriptors import SO3Settings, num_so3_components, so3_basis, so3_power_spectrum
+from jaxcsp.descriptors._so3 import _auto_max_edges, _radial_exact, _real_sph_harm
+from jaxcsp.errors import InvalidArgumentError, InvalidStructureError
 from jaxcsp.neighbors import neighbor_list, neighbor_list_spec, update
+from jaxcsp.runtime import CompileCounter
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "jaxcsp" / "data" / "structures"
 
 
-def pyxtal_so3(**kw):
-    """PyXtal's SO3 calculator; shims ``scipy.special.sph_harm`` (removed in scipy 1.17)."""
+def pyxtal_so3(settings=SO3Settings()):
+    """PyXtal's SO3 calculator of ``settings``; shims ``scipy.special.sph_harm`` (removed in
+    scipy 1.17)."""
     import scipy.special as sp
 
     if not hasattr(sp, "sph_harm"):
@@ -33,7 +37,7 @@ def pyxtal_so3(**kw):
         sp.sph_harm = lambda m, l, az, pol: sp.sph_harm_y(l, m, pol, az)
     from pyxtal.lego.SO3 import SO3
 
-    return SO3(**kw)
+    return SO3(**dataclasses.asdict(settings))  # PyXtal's keywords are the same fields
 
 
 def assert_spectra_close(ours, ref, rel=1e-8):
@@ -48,7 +52,7 @@ def test_shipped_structures_match_pyxtal(name):
     atoms = read(DATA / f"{name}.cif")
     # PyXtal looks only at the 27 neighboring cells: compare on a cell wider than rcut
     atoms = atoms.repeat((2, 2, 1)) if name == "graphite" else atoms
-    ref = pyxtal_so3(nmax=2, lmax=4, rcut=2.0, alpha=1.5).compute_p(atoms)
+    ref = pyxtal_so3().compute_p(atoms)
     c = jio.from_ase([atoms])
     p = so3_power_spectrum(c)
     assert p.shape == (1, len(atoms), 15) and p.dtype == jnp.float64
@@ -74,25 +78,29 @@ def _random_structures(rng, n, rcut, elements, max_atoms):
 
 
 SETTINGS = [
-    # nmax, lmax, rcut, alpha, weight_on, count
-    (2, 4, 2.0, 1.5, False, 30),
-    (3, 3, 3.0, 2.0, True, 30),
-    (4, 6, 2.5, 1.0, True, 25),
-    (1, 2, 3.5, 0.7, False, 25),
+    # (nmax, lmax, rcut, alpha, weight_on), count
+    (SO3Settings(2, 4, 2.0, 1.5, False), 30),
+    (SO3Settings(3, 3, 3.0, 2.0, True), 30),
+    (SO3Settings(4, 6, 2.5, 1.0, True), 25),
+    (SO3Settings(1, 2, 3.5, 0.7, False), 25),
 ]
 
 
-@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: f"n{s[0]}l{s[1]}rc{s[2]}a{s[3]}w{s[4]}")
-def test_random_structures_match_pyxtal(setting):
-    nmax, lmax, rcut, alpha, weight_on, count = setting
-    rng = np.random.default_rng(nmax * 100 + lmax)
-    structures = _random_structures(rng, count, rcut, [1, 6, 8, 14, 26], 8)
+def _setting_id(case):
+    s = case[0]
+    return f"n{s.nmax}l{s.lmax}rc{s.rcut}a{s.alpha}w{s.weight_on}"
+
+
+@pytest.mark.parametrize("case", SETTINGS, ids=_setting_id)
+def test_random_structures_match_pyxtal(case):
+    settings, count = case
+    rng = np.random.default_rng(settings.nmax * 100 + settings.lmax)
+    structures = _random_structures(rng, count, settings.rcut, [1, 6, 8, 14, 26], 8)
     c = jio.from_ase(structures, max_atoms=8)
-    p = np.asarray(
-        so3_power_spectrum(c, nmax=nmax, lmax=lmax, rcut=rcut, alpha=alpha, weight_on=weight_on)
-    )
-    assert p.shape == (count, 8, num_so3_components(nmax, lmax))
-    calc = pyxtal_so3(nmax=nmax, lmax=lmax, rcut=rcut, alpha=alpha, weight_on=weight_on)
+    p = np.asarray(so3_power_spectrum(c, settings))
+    assert p.shape == (count, 8, num_so3_components(settings.nmax, settings.lmax))
+    assert p.shape[-1] == settings.num_components
+    calc = pyxtal_so3(settings)
     for b, atoms in enumerate(structures):
         ref = calc.compute_p(atoms)
         assert_spectra_close(p[b, : len(atoms)], ref)
@@ -101,7 +109,7 @@ def test_random_structures_match_pyxtal(setting):
 
 def test_radial_basis_matches_quadrature():
     for setting in [(2, 4, 2.0, 1.5), (5, 7, 4.0, 2.5)]:
-        basis = so3_basis(*setting)
+        basis = so3_basis(SO3Settings(*setting))
         r = np.linspace(0, setting[2], 257)
         exact = _radial_exact(r, *setting).reshape(len(r), -1)
         approx = np.polynomial.chebyshev.chebval(2 * r / setting[2] - 1, basis.cheb).T
@@ -117,7 +125,7 @@ def test_real_harmonics_addition_theorem():
     a /= np.linalg.norm(a, axis=-1, keepdims=True)
     b /= np.linalg.norm(b, axis=-1, keepdims=True)
     lmax = 8
-    basis = so3_basis(1, lmax, 2.0, 1.0)
+    basis = so3_basis(SO3Settings(1, lmax, 2.0, 1.0))
     ya = np.asarray(_real_sph_harm(jnp.asarray(a), lmax, basis.ylm_norm))
     yb = np.asarray(_real_sph_harm(jnp.asarray(b), lmax, basis.ylm_norm))
     for l in range(lmax + 1):
@@ -136,22 +144,23 @@ def _small_batch():
 def test_rotation_translation_permutation_invariance():
     structures = _small_batch()
     c = jio.from_ase(structures, max_atoms=6)
-    p = np.asarray(so3_power_spectrum(c, weight_on=True))
+    signed = SO3Settings(weight_on=True)
+    p = np.asarray(so3_power_spectrum(c, signed))
     # rotation (and reflection) of the whole crystal: same spectra
     rot = Rotation.random(random_state=3).as_matrix()
     refl = np.diag([1.0, -1.0, 1.0])
     for m in (rot, rot @ refl):
         c2 = c.replace(lattice=c.lattice @ jnp.asarray(m.T))
-        np.testing.assert_allclose(so3_power_spectrum(c2, weight_on=True), p, atol=1e-11)
+        np.testing.assert_allclose(so3_power_spectrum(c2, signed), p, atol=1e-11)
     # rigid translation (also by non-lattice vectors, unwrapped coordinates): same spectra
     c3 = c.replace(frac=c.frac + jnp.asarray([0.37, -1.21, 2.5]))
-    np.testing.assert_allclose(so3_power_spectrum(c3, weight_on=True), p, atol=1e-11)
+    np.testing.assert_allclose(so3_power_spectrum(c3, signed), p, atol=1e-11)
     # permutation of atoms (inside the real atoms of each crystal): permuted spectra
     perm = np.arange(6)
     n0 = len(structures[0])
     perm[:n0] = np.random.default_rng(1).permutation(n0)
     c4 = c.replace(frac=c.frac[:, perm], species=c.species[:, perm], mask=c.mask[:, perm])
-    p4 = np.asarray(so3_power_spectrum(c4, weight_on=True))
+    p4 = np.asarray(so3_power_spectrum(c4, signed))
     np.testing.assert_allclose(p4[0], p[0, perm], atol=1e-11)
 
 
@@ -164,10 +173,10 @@ def test_periodic_images_thin_cells_and_supercells():
     sup = atoms.repeat((3, 3, 2))
     c = jio.from_ase([atoms])
     cs = jio.from_ase([sup])
-    kw = dict(nmax=3, lmax=4, rcut=3.0, alpha=1.2, weight_on=True)
-    p = np.asarray(so3_power_spectrum(c, **kw))[0]
-    ps = np.asarray(so3_power_spectrum(cs, **kw))[0]
-    ref = pyxtal_so3(**kw).compute_p(sup)
+    settings = SO3Settings(nmax=3, lmax=4, rcut=3.0, alpha=1.2, weight_on=True)
+    p = np.asarray(so3_power_spectrum(c, settings))[0]
+    ps = np.asarray(so3_power_spectrum(cs, settings))[0]
+    ref = pyxtal_so3(settings).compute_p(sup)
     assert_spectra_close(ps, ref)
     np.testing.assert_allclose(
         ps.reshape(-1, 2, p.shape[-1]),
@@ -179,7 +188,7 @@ def test_periodic_images_thin_cells_and_supercells():
     one = Crystals.create(np.eye(3) * 1.4, [[0.0, 0.0, 0.0]], [6])
     p1 = np.asarray(so3_power_spectrum(one))[0, 0]
     big = Atoms("C", positions=[[0, 0, 0]], cell=np.eye(3) * 1.4, pbc=True).repeat(2)
-    ref1 = pyxtal_so3(nmax=2, lmax=4, rcut=2.0, alpha=1.5).compute_p(big)[0]
+    ref1 = pyxtal_so3().compute_p(big)[0]
     assert_spectra_close(p1, ref1)
 
 
@@ -191,7 +200,7 @@ def test_gradients_match_finite_differences():
 
     def f(frac, lattice):
         cc = c.replace(frac=frac, lattice=lattice)
-        return jnp.sum(w * so3_power_spectrum(cc, neighbors=nl, weight_on=True))
+        return jnp.sum(w * so3_power_spectrum(cc, SO3Settings(weight_on=True), neighbors=nl))
 
     g_frac, g_lat = jax.jit(jax.grad(f, argnums=(0, 1)))(c.frac, c.lattice)
     rng = np.random.default_rng(3)
@@ -236,8 +245,6 @@ def test_jit_with_neighbor_update_and_centers():
         jax.jit(lambda cc: so3_power_spectrum(cc))(c)
     with pytest.raises(InvalidStructureError):
         so3_power_spectrum(c, neighbors=neighbor_list(c, 1.0))
-    with pytest.raises(InvalidStructureError):
-        so3_power_spectrum(c, nmax=0)
 
 
 def test_float32_smoke():
@@ -263,3 +270,127 @@ def test_coincident_atoms_are_finite():
     p = so3_power_spectrum(c, neighbors=nl)
     g = jax.grad(lambda f: jnp.sum(so3_power_spectrum(c.replace(frac=f), neighbors=nl)))(c.frac)
     assert bool(jnp.all(jnp.isfinite(p))) and bool(jnp.all(jnp.isfinite(g)))
+
+
+# ---------------------------------------------------------------------- settings, "auto" path
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("nmax", 0),
+        ("nmax", 12),
+        ("nmax", 2.0),
+        ("nmax", True),
+        ("lmax", -1),
+        ("lmax", 33),
+        ("lmax", 1.5),
+        ("rcut", 0.0),
+        ("rcut", -2.0),
+        ("rcut", math.inf),
+        ("rcut", math.nan),
+        ("rcut", "2.0"),
+        ("rcut", None),
+        ("alpha", 0),
+        ("alpha", math.nan),
+        ("alpha", True),
+        ("weight_on", "yes"),
+        ("weight_on", 2),
+    ],
+)
+def test_settings_validation(field, value):
+    with pytest.raises(InvalidArgumentError) as err:
+        SO3Settings(**{field: value})
+    assert isinstance(err.value, ValueError)
+    assert err.value.argument == field and field in str(err.value)
+
+
+def test_settings_reject_traced_numbers():
+    with pytest.raises(InvalidArgumentError, match="rcut"):
+        jax.jit(lambda r: SO3Settings(rcut=r).num_components)(2.0)
+
+
+def test_settings_are_hashable_values():
+    s = SO3Settings()
+    same = SO3Settings(nmax=np.int64(2), rcut=2, alpha=np.float32(1.5), weight_on=np.bool_(False))
+    assert s == same == SO3Settings(2, 4, 2.0, 1.5, False) and hash(s) == hash(same)
+    assert (type(same.nmax), type(same.rcut), type(same.alpha)) == (int, float, float)
+    assert same.weight_on is False and SO3Settings(weight_on=1).weight_on is True
+    assert s != SO3Settings(weight_on=True) and s != SO3Settings(lmax=3)
+    assert len({s, same, SO3Settings(weight_on=True), SO3Settings(lmax=3)}) == 3
+    assert (s.num_components, SO3Settings(3, 2).num_components) == (15, 18)
+    assert s.num_components == num_so3_components(s.nmax, s.lmax)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.nmax = 3  # type: ignore[misc]
+    # one cached basis per setting (weight_on does not enter it)
+    assert so3_basis(s) is so3_basis(same) is so3_basis(SO3Settings(weight_on=True))
+    # anything but an SO3Settings is refused by name, as is a bad capacity
+    c = jio.from_ase(_small_batch(), max_atoms=6)
+    with pytest.raises(InvalidArgumentError, match="settings"):
+        so3_power_spectrum(c, 3)
+    with pytest.raises(InvalidArgumentError, match="settings"):
+        so3_basis({"nmax": 2})
+    for bad in (0, "fast", 2.5, True):
+        with pytest.raises(InvalidArgumentError, match="max_edges"):
+            so3_power_spectrum(c, max_edges=bad)
+
+
+def _real_batch():
+    """Shipped structures of different sizes in one padded batch (8, 4 and 16 atoms)."""
+    graphite = read(DATA / "graphite.cif")
+    return jio.from_ase([read(DATA / "diamond.cif"), graphite, graphite.repeat((2, 2, 1))])
+
+
+@pytest.mark.parametrize(
+    "settings", [SO3Settings(), SO3Settings(3, 3, 3.0, 2.0, True)], ids=["default", "n3l3rc3"]
+)
+def test_auto_capacity_equals_the_dense_path(settings):
+    c = _real_batch()
+    dense = np.asarray(so3_power_spectrum(c, settings, max_edges=None))
+    scale = np.abs(dense).max()
+    auto = np.asarray(so3_power_spectrum(c, settings))  # the default: max_edges="auto"
+    np.testing.assert_allclose(auto, dense, rtol=1e-12, atol=1e-12 * scale)
+    centers = jnp.asarray([[0, 7], [3, 0], [15, 2]])
+    np.testing.assert_allclose(
+        so3_power_spectrum(c, settings, centers=centers),
+        np.take_along_axis(dense, np.asarray(centers)[..., None], 1),
+        rtol=1e-12,
+        atol=1e-12 * scale,
+    )
+    # mixed species, signed weights
+    cm = jio.from_ase(_small_batch(), max_atoms=6)
+    signed = dataclasses.replace(settings, weight_on=True)
+    dm = np.asarray(so3_power_spectrum(cm, signed, max_edges=None))
+    np.testing.assert_allclose(
+        so3_power_spectrum(cm, signed), dm, rtol=1e-12, atol=1e-12 * np.abs(dm).max()
+    )
+
+
+def test_auto_capacity_buckets_share_one_program():
+    # rcut between diamond's second shell (2.52 Å) and its 4 % expansion (2.62 Å): the two
+    # batches have the same shapes but different edge counts, in the same capacity bucket
+    settings = SO3Settings(nmax=2, lmax=3, rcut=2.6)
+    c1 = _real_batch()
+    c2 = c1.replace(lattice=c1.lattice * 1.04)
+    spec = neighbor_list_spec(c1, settings.rcut)
+    nl1, nl2 = update(spec, c1), update(spec, c2)
+    assert not bool(nl1.overflow.any() | nl2.overflow.any())
+
+    def count(c, nl):
+        from jaxcsp.neighbors import edge_vectors
+
+        v = np.asarray(edge_vectors(c, nl))
+        return int(np.sum(np.asarray(nl.mask) & (np.sum(v * v, -1) < settings.rcut**2)))
+
+    n1, n2 = count(c1, nl1), count(c2, nl2)
+    assert n1 != n2 and n1 < 512 and n2 < 512, (n1, n2)
+    # both are compacted into the smallest bucket (the dense path would be None)
+    assert _auto_max_edges(c1, nl1, settings) == _auto_max_edges(c2, nl2, settings) == 512
+    with CompileCounter() as first:
+        p1 = so3_power_spectrum(c1, settings, neighbors=nl1)
+    with CompileCounter() as second:
+        p2 = so3_power_spectrum(c2, settings, neighbors=nl2)
+    assert first.count >= 1 and second.count == 0, (first.count, second.count)
+    for c, nl, p in ((c1, nl1, p1), (c2, nl2, p2)):
+        dense = np.asarray(so3_power_spectrum(c, settings, neighbors=nl, max_edges=None))
+        np.testing.assert_allclose(p, dense, rtol=1e-12, atol=1e-12 * np.abs(dense).max())

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from test_neighbors import ase_triples, batches, make_batch
 
 from jaxcsp.crystal import Crystals
+from jaxcsp.descriptors import SO3Settings
 from jaxcsp.errors import InvalidArgumentError, InvalidStructureError
 from jaxcsp.neighbors import edge_list, edge_list_spec, edge_list_vectors
 
@@ -145,7 +146,9 @@ def test_bad_input_raises_typed_errors():
     [
         dict(cn_weight=1.0),
         # a second loss: two more compiled value-and-grad programs
-        pytest.param(dict(weighting="site", weight_on=True), marks=pytest.mark.slow),
+        pytest.param(
+            dict(weighting="site", settings=SO3Settings(weight_on=True)), marks=pytest.mark.slow
+        ),
     ],
     ids=["cn", "site"],
 )
@@ -164,11 +167,11 @@ def test_spectra_and_losses_match_the_dense_path(opts):
 
     wc = _trim(generate_candidates(jax.random.key(5), 12, dtype=jnp.float64))
     c = reconstruct(wc, wrap=False)
-    kw = dict(nmax=3, lmax=3, rcut=2.4, alpha=2.0)
-    dense = so3_power_spectrum(c, **kw)
+    so3 = SO3Settings(nmax=3, lmax=3, rcut=2.4, alpha=2.0)
+    dense = so3_power_spectrum(c, so3, max_edges=None)
     el = edge_list(edge_list_spec(c, 2.4), c)
     np.testing.assert_allclose(
-        so3_power_spectrum_edge_list(c, el, **kw), dense, rtol=1e-10, atol=1e-10
+        so3_power_spectrum_edge_list(c, el, so3), dense, rtol=1e-10, atol=1e-10
     )
 
     ref = reference_spectrum("graphite")

@@ -212,11 +212,12 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path, data):
 
 def test_latent_gradient_through_decoder_and_spectrum_matches_finite_differences(model, data):
     """d loss / d z through decoder → soft inverse GMM → reconstruct → SO(3) loss (Eq. 1)."""
-    from jaxcsp.descriptors import descriptor_loss, reference_spectrum
+    from jaxcsp.descriptors import SO3Settings, descriptor_loss, reference_spectrum
     from jaxcsp.optimize.descriptor import site_edge_spec
 
     wc = data.take(np.arange(0, 400, 100))
-    ref = reference_spectrum("graphite", nmax=2, lmax=4, rcut=2.0, alpha=1.5)
+    settings = SO3Settings(nmax=2, lmax=4, rcut=2.0, alpha=1.5)
+    ref = reference_spectrum("graphite", settings)
     cond = condition_vector(wc.spg, wc.wyckoff)
     z0 = jnp.asarray(np.random.default_rng(3).normal(size=(wc.batch_size, model.latent_dim)) * 0.5)
 
@@ -228,7 +229,7 @@ def test_latent_gradient_through_decoder_and_spectrum_matches_finite_differences
     spec = site_edge_spec(crystals(z0), 2.0, cell_headroom=3.0)
 
     def loss(z):
-        losses, aux = descriptor_loss(crystals(z), ref, spec, nmax=2, lmax=4, rcut=2.0, alpha=1.5)
+        losses, aux = descriptor_loss(crystals(z), ref, spec, settings)
         return jnp.sum(losses), aux["overflow"]
 
     (val, over), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(z0)
@@ -294,10 +295,10 @@ def test_shipped_cvae_reconstructs_held_out_rows(model, data):
 
 
 def test_latent_refinement_lowers_the_loss(model, data):
-    from jaxcsp.descriptors import reference_spectrum
+    from jaxcsp.descriptors import SO3Settings, reference_spectrum
     from jaxcsp.models.latent import refine_latents
 
-    ref = reference_spectrum("graphite", nmax=2, lmax=4, rcut=2.0, alpha=1.5)
+    ref = reference_spectrum("graphite", SO3Settings())
     wc = model.sample(jax.random.key(1), data.take(np.arange(32) * (data.batch_size // 32)))
     r = refine_latents(model, wc, ref, steps=50)
     l0, l1 = np.asarray(r.initial_loss), np.asarray(r.loss)

@@ -1,5 +1,7 @@
 """Local-environment descriptors: SO(3) power spectrum, coordination numbers, losses.
 
+* :class:`SO3Settings` — one frozen, validated setting of the spectrum (``nmax``, ``lmax``,
+  ``rcut`` Å, ``alpha`` Å⁻², ``weight_on``), the ``settings`` argument of spectra and losses.
 * :func:`so3_power_spectrum` — per-atom Bartók power spectra in PyXtal's conventions;
   :func:`so3_power_spectrum_edge_list` — the same for chosen centers from one sparse edge list
   (:func:`jaxcsp.neighbors.edge_list`).
@@ -8,9 +10,9 @@
 * :func:`reference_spectrum`, :func:`spectrum_loss` (seed Eq. 1 / PyXtal's ``calculate_S``),
   :func:`descriptor_loss` (reconstruct → neighbors → spectra → loss for Wyckoff batches).
 
->>> from jaxcsp.descriptors import num_so3_components
->>> num_so3_components(2, 4)
-15
+>>> from jaxcsp.descriptors import SO3Settings, num_so3_components
+>>> num_so3_components(2, 4), SO3Settings().num_components
+(15, 15)
 """
 
 from jaxcsp.descriptors._coordination import (
@@ -32,6 +34,7 @@ from jaxcsp.descriptors._losses import (
 )
 from jaxcsp.descriptors._so3 import (
     SO3Basis,
+    SO3Settings,
     num_so3_components,
     so3_basis,
     so3_power_spectrum,
@@ -43,6 +46,7 @@ __all__ = [
     "PYXTAL_BOND_FACTOR",
     "WEIGHTINGS",
     "SO3Basis",
+    "SO3Settings",
     "bond_cutoffs",
     "coordination_numbers",
     "descriptor_loss",

@@ -20,14 +20,21 @@ from __future__ import annotations
 
 import functools
 import pathlib
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxcsp.crystal import Crystals
-from jaxcsp.descriptors._so3 import _check_params, _spectrum, so3_power_spectrum
+from jaxcsp.descriptors._so3 import (
+    SO3Settings,
+    _as_settings,
+    _auto_max_edges,
+    _check_max_edges,
+    _spectrum,
+    so3_power_spectrum,
+)
 from jaxcsp.errors import InvalidStructureError
 
 __all__ = [
@@ -48,7 +55,7 @@ _STRUCTURES = pathlib.Path(__file__).resolve().parents[1] / "data" / "structures
 
 
 @functools.lru_cache(maxsize=32)
-def _reference_cached(name: str, atom: int, nmax, lmax, rcut, alpha, weight_on) -> np.ndarray:
+def _reference_cached(name: str, atom: int, settings: SO3Settings) -> np.ndarray:
     from jaxcsp.io import read
 
     path = _STRUCTURES / f"{name}.cif"
@@ -57,11 +64,11 @@ def _reference_cached(name: str, atom: int, nmax, lmax, rcut, alpha, weight_on) 
         raise InvalidStructureError(
             f"no shipped structure {name!r} (have {have})", field="structure"
         )
-    return _reference_from(read(path), atom, nmax, lmax, rcut, alpha, weight_on)
+    return _reference_from(read(path), atom, settings)
 
 
-def _reference_from(c: Crystals, atom, nmax, lmax, rcut, alpha, weight_on) -> np.ndarray:
-    p = so3_power_spectrum(c, nmax=nmax, lmax=lmax, rcut=rcut, alpha=alpha, weight_on=weight_on)
+def _reference_from(c: Crystals, atom: int, settings: SO3Settings) -> np.ndarray:
+    p = so3_power_spectrum(c, settings)
     n = int(np.asarray(c.num_atoms)[0])
     if not 0 <= atom < n:
         raise InvalidStructureError(f"atom {atom} out of range 0..{n - 1}", field="atom")
@@ -70,13 +77,9 @@ def _reference_from(c: Crystals, atom, nmax, lmax, rcut, alpha, weight_on) -> np
 
 def reference_spectrum(
     structure: Any = "graphite",
+    settings: SO3Settings = SO3Settings(),
     *,
     atom: int = 0,
-    nmax: int = 2,
-    lmax: int = 4,
-    rcut: float = 2.0,
-    alpha: float = 1.5,
-    weight_on: bool = False,
 ) -> np.ndarray:
     """The power spectrum of one atom of a reference structure (the target environment).
 
@@ -84,25 +87,34 @@ def reference_spectrum(
       structure: name of a shipped structure (``"graphite"``: space group 194, a = 2.464 Å,
         c = 6.711 Å, sp² carbon with CN = 3), a file path, an ``ase.Atoms`` or a one-crystal
         :class:`~jaxcsp.crystal.Crystals`.
+      settings: descriptor setting (:class:`~jaxcsp.descriptors.SO3Settings`).
       atom: index of the atom whose environment is the reference.
-      nmax, lmax, rcut, alpha, weight_on: descriptor setting (see
-        :func:`~jaxcsp.descriptors.so3_power_spectrum`).
 
     Returns:
-      ``(F,)`` float64 numpy array (computed in float64 when x64 is enabled).
+      ``(F,)`` float64 numpy array, ``F = settings.num_components`` (computed in float64 when
+      x64 is enabled; results for shipped structures are cached per setting).
+
+    Raises:
+      InvalidArgumentError: ``settings`` is not an :class:`~jaxcsp.descriptors.SO3Settings`.
+      InvalidStructureError: unknown shipped structure, ``atom`` out of range.
+
+    >>> from jaxcsp.descriptors import SO3Settings
+    >>> reference_spectrum("graphite", SO3Settings(nmax=3, lmax=2)).shape
+    (18,)
     """
-    args = (atom, nmax, lmax, float(rcut), float(alpha), bool(weight_on))
+    settings = _as_settings(settings)
+    atom = int(atom)
     if isinstance(structure, str) and not pathlib.Path(structure).suffix:
-        return _reference_cached(structure, *args).copy()
+        return _reference_cached(structure, atom, settings).copy()
     if isinstance(structure, Crystals):
         return _reference_from(
-            structure.take([0]) if structure.batch_size > 1 else structure, *args
+            structure.take([0]) if structure.batch_size > 1 else structure, atom, settings
         )
     from jaxcsp import io
 
     if isinstance(structure, (str, pathlib.Path)):
-        return _reference_from(io.read(structure), *args)
-    return _reference_from(io.from_ase([structure]), *args)
+        return _reference_from(io.read(structure), atom, settings)
+    return _reference_from(io.from_ase([structure]), atom, settings)
 
 
 def site_centers(wc: Any) -> tuple[Array, Array]:
@@ -156,15 +168,11 @@ def descriptor_loss(
     wc: Any,
     reference: Array,
     spec: Any,
+    settings: SO3Settings = SO3Settings(),
     *,
-    nmax: int = 2,
-    lmax: int = 4,
-    rcut: float = 2.0,
-    alpha: float = 1.5,
-    weight_on: bool = False,
     weighting: str = "multiplicity",
     per_component: bool = True,
-    max_edges: int | None = None,
+    max_edges: int | Literal["auto"] | None = "auto",
     cn_target: float = 3.0,
     cn_weight: float = 0.0,
     cn_width: float = 0.1,
@@ -177,18 +185,24 @@ def descriptor_loss(
     Args:
       wc: :class:`~jaxcsp.symmetry.WyckoffCrystals` batch (``B`` crystals, ``S`` sites).
       reference: ``(F,)`` reference spectrum (e.g. :func:`reference_spectrum`).
-      spec: :class:`~jaxcsp.neighbors.NeighborListSpec` with cutoff ``>= rcut`` (host-built for
-        this batch's shapes; ``overflow`` in the output says when it no longer fits), or an
-        :class:`~jaxcsp.neighbors.EdgeListSpec` built for the unwrapped reconstruction with
-        ``centers, center_mask = site_centers(wc)[0], wc.site_mask`` (the fast path: only the
-        sites' representative atoms are searched and only real edges evaluated).
-      nmax, lmax, rcut, alpha, weight_on: descriptor setting.
+      spec: :class:`~jaxcsp.neighbors.NeighborListSpec` with cutoff ``>= settings.rcut``
+        (host-built for this batch's shapes; ``overflow`` in the output says when it no longer
+        fits), or an :class:`~jaxcsp.neighbors.EdgeListSpec` built for the unwrapped
+        reconstruction with ``centers, center_mask = site_centers(wc)[0], wc.site_mask`` (the
+        fast path: only the sites' representative atoms are searched and only real edges
+        evaluated).
+      settings: descriptor setting (:class:`~jaxcsp.descriptors.SO3Settings`, static).
       weighting: ``"multiplicity"`` (PyXtal: sites weighted by multiplicity) or ``"site"``
         (Eq. 1: each Wyckoff site counts once).
       per_component: divide by the number of components ``F`` (Eq. 1).
-      max_edges: static capacity of one batch-wide list of the site centers' edges within
-        ``rcut`` (only those are evaluated: much faster when sites and neighbor counts vary);
-        ``None`` evaluates every neighbor slot of every (padded) site.
+      max_edges: how the neighbor-list path (a ``NeighborListSpec`` ``spec`` or
+        ``neighbors``) evaluates the site centers' neighbor slots, as in
+        :func:`~jaxcsp.descriptors.so3_power_spectrum`: ``"auto"`` (default) counts the edges
+        within ``rcut`` on the host for concrete input and evaluates only those, from one
+        batch-wide list of that count rounded up to a bucket, and is the dense path for traced
+        input (inside ``jit``/``grad``); an ``int`` is a static capacity (a batch whose edges
+        do not fit is flagged in ``overflow``); ``None`` evaluates every neighbor slot of every
+        (padded) site.
       cn_target, cn_weight, cn_width, cn_reach: optional coordination term added to the loss,
         ``cn_weight * sum_j w_j (CN~_j - cn_target)^2 / sum_j w_j`` with the smooth CN of
         :func:`~jaxcsp.descriptors.smooth_coordination_numbers` (Fermi width ``cn_width`` Å,
@@ -207,10 +221,18 @@ def descriptor_loss(
       ``(loss (B,), aux)`` with ``aux = {"spectra": (B, S, F), "overflow": (B,) bool,
       "num_edges": () int, "crystals": Crystals}``. Where ``overflow`` is set the neighbor list
       (or the edge list) was incomplete: choose larger shapes on the host and recompute.
+
+    Raises:
+      InvalidArgumentError: ``settings`` is not an :class:`~jaxcsp.descriptors.SO3Settings`,
+        bad ``max_edges``.
+      InvalidStructureError: unknown ``weighting``, a neighbor list whose cutoff is below
+        ``settings.rcut``, an edge list whose rows are not the batch's sites.
     """
     from jaxcsp.neighbors import update
     from jaxcsp.symmetry import reconstruct
 
+    settings = _as_settings(settings)
+    max_edges = _check_max_edges(max_edges)
     if weighting not in WEIGHTINGS:
         raise InvalidStructureError(
             f"weighting must be one of {WEIGHTINGS}, got {weighting!r}", field="weighting"
@@ -224,11 +246,7 @@ def descriptor_loss(
             wc,
             reference,
             edges,
-            nmax=nmax,
-            lmax=lmax,
-            rcut=rcut,
-            alpha=alpha,
-            weight_on=weight_on,
+            settings=settings,
             weighting=weighting,
             per_component=per_component,
             cn_target=cn_target,
@@ -243,24 +261,17 @@ def descriptor_loss(
         c = reconstruct(wc, wrap=False)
         nl = neighbors
     centers, mult = site_centers(wc)
-    nmax, lmax, rcut, alpha = _check_params(nmax, lmax, rcut, alpha)
+    rcut = settings.rcut
     if nl.cutoff < rcut * (1 - 1e-12):
         raise InvalidStructureError(
             f"neighbor list cutoff {nl.cutoff} Å is smaller than rcut {rcut} Å", field="spec"
         )
+    if max_edges == "auto":  # count on the host (concrete input), dense when traced
+        max_edges = _auto_max_edges(c, nl, settings, centers=centers)
+    assert not isinstance(max_edges, str)
     # (a neighbor list may reach past rcut: only edges shorter than rcut enter the spectra)
     p, edge_overflow = _spectrum(
-        c,
-        nl.index,
-        nl.shift,
-        nl.mask,
-        centers,
-        nmax=nmax,
-        lmax=lmax,
-        rcut=rcut,
-        alpha=alpha,
-        weight_on=bool(weight_on),
-        max_edges=max_edges,
+        c, nl.index, nl.shift, nl.mask, centers, settings=settings, max_edges=max_edges
     )
     w = mult if weighting == "multiplicity" else wc.site_mask
     loss = spectrum_loss(p, reference, w, per_component=per_component)
@@ -287,11 +298,7 @@ def _edge_list_loss(
     reference: Array,
     edges: Any,
     *,
-    nmax: int,
-    lmax: int,
-    rcut: float,
-    alpha: float,
-    weight_on: bool,
+    settings: SO3Settings,
     weighting: str,
     per_component: bool,
     cn_target: float,
@@ -314,9 +321,7 @@ def _edge_list_loss(
             field="edges",
         )
     _, mult = site_centers(wc)
-    p = so3_power_spectrum_edge_list(
-        c, edges, nmax=nmax, lmax=lmax, rcut=rcut, alpha=alpha, weight_on=weight_on
-    )
+    p = so3_power_spectrum_edge_list(c, edges, settings)
     p = jnp.where(wc.site_mask[..., None], p, jnp.zeros((), p.dtype))
     w = mult if weighting == "multiplicity" else wc.site_mask
     loss = spectrum_loss(p, reference, w, per_component=per_component)
@@ -328,7 +333,7 @@ def _edge_list_loss(
         dev = jnp.sum(wf * (scn - cn_target) ** 2, axis=-1) / jnp.maximum(jnp.sum(wf, -1), 1)
         loss = loss + cn_weight * dev
     v = jax.lax.stop_gradient(edge_list_vectors(c, edges))
-    in_rcut = edges.mask & (jnp.sum(v * v, axis=-1) < rcut**2)
+    in_rcut = edges.mask & (jnp.sum(v * v, axis=-1) < settings.rcut**2)
     return loss, {
         "spectra": p,
         "overflow": edges.overflow,

@@ -2,6 +2,10 @@
 
 Contract:
 
+* A setting is one frozen, hashable :class:`SO3Settings` (``nmax``, ``lmax``, ``rcut`` Å,
+  ``alpha`` Å⁻², ``weight_on``; validated on construction), passed as ``settings`` to the
+  spectrum functions here and to the descriptor losses (a static argument of the jitted
+  programs).
 * :func:`so3_power_spectrum` maps a :class:`~jaxcsp.crystal.Crystals` batch to per-atom
   spectra ``(B, N, F)`` with ``F = nmax (nmax + 1) / 2 * (lmax + 1)``, in the conventions of
   PyXtal's ``pyxtal/lego/SO3.py`` (so reference spectra published with PyXtal carry over):
@@ -24,31 +28,35 @@ Contract:
   sees them since the other radial functions vanish at ``r = 0``).
 
 * Implementation: the radial part ``R_nl(r)`` (everything except the weight and ``Y_lm``) is a
-  smooth function of ``r`` on ``[0, rcut]``. It is computed on the host once per
-  ``(nmax, lmax, rcut, alpha)`` in float64 with PyXtal's formula and interpolated by a
+  smooth function of ``r`` on ``[0, rcut]``. It is computed on the host once per setting
+  (:func:`so3_basis`, cached) in float64 with PyXtal's formula and interpolated by a
   Chebyshev series whose degree is raised until the tail is below 1e-16 of the largest value,
   so it agrees with the quadrature to round-off. On the device it is a Chebyshev basis times
   a coefficient matrix; ``Y_lm`` are real spherical harmonics (the power spectrum is the same
   for real and complex harmonics) computed by a polynomial recursion in the unit vector. The
   whole function is pure ``jnp``: jit, vmap and grad (w.r.t. ``frac`` and ``lattice``) work and
-  the input dtype (float32 or float64) is followed.
+  the input dtype (float32 or float64) is followed. By default (``max_edges="auto"``) a
+  concrete batch is first counted, and only its edges shorter than ``rcut`` are evaluated from
+  one compacted batch-wide list (traced input evaluates every neighbor slot).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxcsp.crystal import Crystals
-from jaxcsp.errors import InvalidStructureError
+from jaxcsp.errors import InvalidArgumentError, InvalidStructureError
 
 __all__ = [
     "SO3Basis",
+    "SO3Settings",
     "num_so3_components",
     "so3_basis",
     "so3_power_spectrum",
@@ -70,25 +78,100 @@ def num_so3_components(nmax: int, lmax: int) -> int:
     return nmax * (nmax + 1) // 2 * (lmax + 1)
 
 
-def _check_params(nmax: Any, lmax: Any, rcut: Any, alpha: Any) -> tuple[int, int, float, float]:
-    if isinstance(nmax, bool) or not isinstance(nmax, (int, np.integer)) or not 1 <= nmax <= 11:
-        raise InvalidStructureError(f"nmax must be an int in 1..11, got {nmax!r}", field="nmax")
-    if isinstance(lmax, bool) or not isinstance(lmax, (int, np.integer)) or not 0 <= lmax <= 32:
-        raise InvalidStructureError(f"lmax must be an int in 0..32, got {lmax!r}", field="lmax")
-    for name, v in (("rcut", rcut), ("alpha", alpha)):
-        if isinstance(v, jax.core.Tracer):
-            raise InvalidStructureError(
-                f"{name} must be a concrete Python number (it defines the basis)", field=name
+def _positive_number(name: str, v: Any) -> float:
+    if isinstance(v, jax.core.Tracer):
+        raise InvalidArgumentError(
+            f"{name} must be a concrete Python number (it defines the basis)",
+            argument=name,
+            value=v,
+        )
+    if isinstance(v, (bool, np.bool_, str, bytes)):
+        raise InvalidArgumentError(f"{name} must be a number, got {v!r}", argument=name, value=v)
+    try:
+        fv = float(v)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(
+            f"{name} must be a number, got {v!r}", argument=name, value=v
+        ) from e
+    if not math.isfinite(fv) or fv <= 0:
+        raise InvalidArgumentError(
+            f"{name} must be positive and finite, got {v!r}", argument=name, value=v
+        )
+    return fv
+
+
+@dataclasses.dataclass(frozen=True)
+class SO3Settings:
+    """One SO(3) power-spectrum setting (frozen and hashable: a static argument of ``jit``).
+
+    The defaults are the seed's carbon design setting. Fields are validated and normalised on
+    construction (``nmax``/``lmax`` to ``int``, ``rcut``/``alpha`` to ``float``, ``weight_on``
+    to ``bool``), so equal settings compare and hash equal (``SO3Settings(rcut=2)`` is
+    ``SO3Settings(rcut=2.0)``) and share cached bases and compiled programs.
+
+    Attributes:
+      nmax: radial basis size, an ``int`` in 1..11.
+      lmax: largest spherical-harmonic degree, an ``int`` in 0..32.
+      rcut: cutoff radius in Å (positive, finite; concrete, not traced).
+      alpha: exponent of the Gaussian smearing ``exp(-alpha r^2)`` in Å⁻² (positive, finite).
+      weight_on: PyXtal's option: neighbors of a species other than the center's weigh
+        ``-Z_j`` instead of ``Z_j``.
+
+    Raises:
+      InvalidArgumentError: a field outside its domain (``argument`` names the field).
+
+    >>> s = SO3Settings(nmax=3, lmax=2, rcut=3)
+    >>> s.rcut, s.num_components
+    (3.0, 18)
+    >>> s == SO3Settings(nmax=3, lmax=2, rcut=3.0) and hash(s) == hash(SO3Settings(3, 2, 3.0))
+    True
+    """
+
+    nmax: int = 2
+    lmax: int = 4
+    rcut: float = 2.0
+    alpha: float = 1.5
+    weight_on: bool = False
+
+    def __post_init__(self) -> None:
+        nmax, lmax = self.nmax, self.lmax
+        if isinstance(nmax, bool) or not isinstance(nmax, (int, np.integer)) or not 1 <= nmax <= 11:
+            raise InvalidArgumentError(
+                f"nmax must be an int in 1..11, got {nmax!r}", argument="nmax", value=nmax
             )
-        try:
-            fv = float(v)
-        except (TypeError, ValueError) as e:
-            raise InvalidStructureError(f"{name} must be a number, got {v!r}", field=name) from e
-        if not math.isfinite(fv) or fv <= 0:
-            raise InvalidStructureError(
-                f"{name} must be positive and finite, got {v!r}", field=name
+        if isinstance(lmax, bool) or not isinstance(lmax, (int, np.integer)) or not 0 <= lmax <= 32:
+            raise InvalidArgumentError(
+                f"lmax must be an int in 0..32, got {lmax!r}", argument="lmax", value=lmax
             )
-    return int(nmax), int(lmax), float(rcut), float(alpha)
+        rcut = _positive_number("rcut", self.rcut)
+        alpha = _positive_number("alpha", self.alpha)
+        w = self.weight_on
+        if not isinstance(w, (bool, np.bool_)) and not (
+            isinstance(w, (int, np.integer)) and w in (0, 1)
+        ):
+            raise InvalidArgumentError(
+                f"weight_on must be a bool, got {w!r}", argument="weight_on", value=w
+            )
+        object.__setattr__(self, "nmax", int(nmax))
+        object.__setattr__(self, "lmax", int(lmax))
+        object.__setattr__(self, "rcut", rcut)
+        object.__setattr__(self, "alpha", alpha)
+        object.__setattr__(self, "weight_on", bool(w))
+
+    @property
+    def num_components(self) -> int:
+        """Spectrum length ``F = nmax (nmax + 1) / 2 * (lmax + 1)`` (15 for the defaults)."""
+        return num_so3_components(self.nmax, self.lmax)
+
+
+def _as_settings(settings: Any) -> SO3Settings:
+    if not isinstance(settings, SO3Settings):
+        raise InvalidArgumentError(
+            f"settings must be a jaxcsp.descriptors.SO3Settings, got {settings!r}",
+            argument="settings",
+            value=settings,
+        )
+    return settings
 
 
 def _overlap_inv_sqrt(nmax: int) -> np.ndarray:
@@ -159,20 +242,29 @@ class SO3Basis(NamedTuple):
     pairs: np.ndarray
 
 
-@functools.lru_cache(maxsize=64)
-def so3_basis(nmax: int = 2, lmax: int = 4, rcut: float = 2.0, alpha: float = 1.5) -> SO3Basis:
-    """Build (and cache) the host-side constants of a descriptor setting.
+def so3_basis(settings: SO3Settings = SO3Settings()) -> SO3Basis:
+    """Build (and cache, per hashable setting) the host-side constants of a descriptor setting.
 
     Args:
-      nmax: radial basis size (1..11).
-      lmax: largest spherical-harmonic degree (0..32).
-      rcut: cutoff radius in Å.
-      alpha: Gaussian exponent in Å⁻².
+      settings: the :class:`SO3Settings` (``weight_on`` does not enter the basis).
 
     Returns:
-      :class:`SO3Basis`.
+      :class:`SO3Basis` (float64 numpy arrays).
+
+    Raises:
+      InvalidArgumentError: ``settings`` is not an :class:`SO3Settings`.
+
+    >>> so3_basis(SO3Settings(nmax=2, lmax=4)).pairs.tolist()
+    [[0, 0], [1, 0], [1, 1]]
     """
-    nmax, lmax, rcut, alpha = _check_params(nmax, lmax, rcut, alpha)
+    s = _as_settings(settings)
+    # weight_on does not change the basis: one cache entry per (nmax, lmax, rcut, alpha)
+    return _so3_basis(dataclasses.replace(s, weight_on=False))
+
+
+@functools.lru_cache(maxsize=64)
+def _so3_basis(settings: SO3Settings) -> SO3Basis:
+    nmax, lmax, rcut, alpha = settings.nmax, settings.lmax, settings.rcut, settings.alpha
     f = nmax * (lmax + 1)
     scale = None
     coef = None
@@ -280,24 +372,25 @@ def so3_power_spectrum_from_edges(
     vectors: Array,
     weights: Array,
     mask: Array,
-    *,
-    nmax: int = 2,
-    lmax: int = 4,
-    rcut: float = 2.0,
-    alpha: float = 1.5,
+    settings: SO3Settings = SO3Settings(),
 ) -> Array:
     """Power spectra of neighbor environments given as edge vectors (any leading shape).
 
     Args:
       vectors: ``(..., K, 3)`` float, vectors from the center to its neighbors in Å.
-      weights: ``(..., K)`` float, neighbor weights (PyXtal: atomic number, signed).
-      mask: ``(..., K)`` bool, real neighbors (those with ``|v| >= rcut`` are ignored too).
-      nmax, lmax, rcut, alpha: descriptor setting (static; see :func:`so3_power_spectrum`).
+      weights: ``(..., K)`` float, neighbor weights (PyXtal: atomic number, signed); used as
+        given (``settings.weight_on`` is not applied here).
+      mask: ``(..., K)`` bool, real neighbors (those with ``|v| >= settings.rcut`` are ignored
+        too).
+      settings: descriptor setting (:class:`SO3Settings`, static).
 
     Returns:
-      ``(..., F)`` spectra in the dtype of ``vectors``, ``F = nmax (nmax+1)/2 (lmax+1)``.
+      ``(..., F)`` spectra in the dtype of ``vectors``, ``F = settings.num_components``.
+
+    Raises:
+      InvalidArgumentError: ``settings`` is not an :class:`SO3Settings`.
     """
-    basis = so3_basis(nmax, lmax, rcut, alpha)
+    basis = so3_basis(settings)
     c = _edge_coefficients(vectors, weights, mask, basis)  # (..., K, nmax, Q)
     return _power_spectrum(jnp.sum(c, axis=-3), basis)
 
@@ -335,57 +428,121 @@ def _power_spectrum(c: Array, basis: SO3Basis) -> Array:
     return p.reshape(*p.shape[:-2], -1)
 
 
+def _is_concrete(*trees: Any) -> bool:
+    """No leaf of ``trees`` is a tracer (the values can be read on the host)."""
+    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(trees))
+
+
+def _check_max_edges(max_edges: Any) -> int | Literal["auto"] | None:
+    if max_edges is None:
+        return None
+    if isinstance(max_edges, str) and max_edges == "auto":
+        return "auto"
+    if isinstance(max_edges, (bool, np.bool_)) or not isinstance(max_edges, (int, np.integer)):
+        raise InvalidArgumentError(
+            f"max_edges must be 'auto', None or an int >= 1, got {max_edges!r}",
+            argument="max_edges",
+            value=max_edges,
+        )
+    if max_edges < 1:
+        raise InvalidArgumentError(
+            f"max_edges must be >= 1, got {max_edges!r}", argument="max_edges", value=max_edges
+        )
+    return int(max_edges)
+
+
+#: ``"auto"`` counts edges up to ``rcut (1 + _AUTO_SLACK)``: an upper bound of the count the
+#: compacted program finds (its float32 round-off on borderline edges cannot overflow it).
+_AUTO_SLACK = 1e-4
+
+
+def _auto_max_edges(
+    crystals: Crystals,
+    neighbors: Any,
+    settings: SO3Settings = SO3Settings(),
+    *,
+    centers: Array | None = None,
+) -> int | None:
+    """The edge capacity ``max_edges="auto"`` picks for a concrete batch (host side).
+
+    The edges shorter than ``settings.rcut`` of the whole batch (of ``centers`` only when
+    given) are counted on the device in one small jitted program, read back, and rounded up
+    to a bucket (:func:`jaxcsp.neighbors.edge_list_spec`'s rounding: at least 512, then less
+    than 1/8 extra), so batches with nearby edge counts share one compiled spectrum program.
+
+    Args:
+      crystals: batch (``lattice (B, 3, 3)`` Å, ``frac (B, N, 3)``, ``species``, ``mask``).
+      neighbors: :class:`~jaxcsp.neighbors.Neighbors` of the batch (cutoff ``>= rcut``).
+      settings: descriptor setting (only ``rcut`` is used).
+      centers: optional ``(B, M)`` int atom indices.
+
+    Returns:
+      the capacity (``int``), or ``None`` (the dense path) when any input is traced.
+    """
+    from jaxcsp.neighbors import _round_up
+
+    settings = _as_settings(settings)
+    arrays = (crystals, neighbors.index, neighbors.shift, neighbors.mask, centers)
+    if not _is_concrete(*arrays):
+        return None
+    bound = settings.rcut * (1.0 + _AUTO_SLACK)
+    count = int(_count_live_edges(*arrays, bound=bound))
+    return _round_up(count)
+
+
 def so3_power_spectrum(
     crystals: Crystals,
+    settings: SO3Settings = SO3Settings(),
     *,
-    nmax: int = 2,
-    lmax: int = 4,
-    rcut: float = 2.0,
-    alpha: float = 1.5,
-    weight_on: bool = False,
     neighbors: Any = None,
     centers: Array | None = None,
-    max_edges: int | None = None,
+    max_edges: int | Literal["auto"] | None = "auto",
 ) -> Array:
     """SO(3) power spectra of every atom (or of ``centers``) in a batch of crystals.
 
     Args:
       crystals: batch, ``lattice (B, 3, 3)`` Å, ``frac (B, N, 3)``, ``species (B, N)``,
         ``mask (B, N)``.
-      nmax: radial basis size (static, 1..11).
-      lmax: largest spherical-harmonic degree (static, 0..32).
-      rcut: cutoff radius in Å (static).
-      alpha: Gaussian exponent in Å⁻² (static).
-      weight_on: PyXtal's option: neighbors of a different species weigh ``-Z_j``.
-      neighbors: a :class:`~jaxcsp.neighbors.Neighbors` of this batch with cutoff ``>= rcut``.
-        Required inside ``jit`` (build the shapes with
+      settings: descriptor setting (:class:`SO3Settings`: ``nmax``, ``lmax``, ``rcut`` Å,
+        ``alpha`` Å⁻², ``weight_on``), static.
+      neighbors: a :class:`~jaxcsp.neighbors.Neighbors` of this batch with cutoff
+        ``>= settings.rcut``. Required inside ``jit`` (build the shapes with
         :func:`jaxcsp.neighbors.neighbor_list_spec` on the host and call
         :func:`jaxcsp.neighbors.update` inside); ``None`` builds one with
         :func:`jaxcsp.neighbors.neighbor_list` (concrete input only).
       centers: optional ``(B, M)`` int atom indices; only their spectra are computed.
-      max_edges: static capacity of one batch-wide list of the edges shorter than ``rcut``;
-        only those are evaluated (faster when neighbor counts vary across atoms and crystals).
-        Crystals whose edges do not fit get NaN spectra (never silently wrong). ``None``
-        evaluates every neighbor slot.
+      max_edges: how neighbor slots are evaluated. ``"auto"`` (default): for concrete input,
+        the edges shorter than ``rcut`` are counted first (one small jitted count, read back to
+        the host) and only those are evaluated, from one batch-wide list whose capacity is that
+        count rounded up to a bucket (at least 512, then < 1/8 extra, as
+        :func:`jaxcsp.neighbors.edge_list_spec` rounds), so batches with nearby counts share a
+        compiled program; for traced input (inside ``jit``, ``grad``, ``vmap``) it is the dense
+        path. An ``int``: that static capacity (for use inside ``jit``); crystals whose edges
+        do not fit get NaN spectra (never silently wrong). ``None``: the dense path, every
+        ``(B, N, K)`` neighbor slot is evaluated.
 
     Returns:
       ``(B, N, F)`` (or ``(B, M, F)``) spectra in the float dtype of ``crystals.frac``, with
-      ``F = nmax (nmax + 1) / 2 * (lmax + 1)`` (15 for the defaults); padded atoms give zeros.
+      ``F = settings.num_components`` (15 for the defaults); padded atoms give zeros.
 
     Raises:
-      InvalidStructureError: bad settings, or no ``neighbors`` for traced input.
+      InvalidArgumentError: ``settings`` is not an :class:`SO3Settings`, bad ``max_edges``.
+      InvalidStructureError: no ``neighbors`` for traced input, or a neighbor list whose
+        cutoff is below ``settings.rcut``.
 
     >>> import numpy as np
     >>> from jaxcsp.crystal import Crystals
     >>> c = Crystals.create(np.eye(3) * 3.0, [[0, 0, 0], [0.5, 0.5, 0.0]], [6, 6])
     >>> so3_power_spectrum(c).shape
     (1, 2, 15)
+    >>> so3_power_spectrum(c, SO3Settings(nmax=3, rcut=2.5)).shape
+    (1, 2, 30)
     """
-    nmax, lmax, rcut, alpha = _check_params(nmax, lmax, rcut, alpha)
+    settings = _as_settings(settings)
+    max_edges = _check_max_edges(max_edges)
+    rcut = settings.rcut
     if neighbors is None:
-        if isinstance(crystals.frac, jax.core.Tracer) or isinstance(
-            crystals.lattice, jax.core.Tracer
-        ):
+        if not _is_concrete(crystals.frac, crystals.lattice):
             raise InvalidStructureError(
                 "so3_power_spectrum needs `neighbors` inside jit (use jaxcsp.neighbors."
                 "neighbor_list_spec outside and jaxcsp.neighbors.update inside)",
@@ -399,51 +556,41 @@ def so3_power_spectrum(
             f"neighbor list cutoff {neighbors.cutoff} Å is smaller than rcut {rcut} Å",
             field="neighbors",
         )
+    if max_edges == "auto":
+        max_edges = _auto_max_edges(crystals, neighbors, settings, centers=centers)
+    assert not isinstance(max_edges, str)
     p, overflow = _spectrum(
         crystals,
         neighbors.index,
         neighbors.shift,
         neighbors.mask,
         centers,
-        nmax=nmax,
-        lmax=lmax,
-        rcut=rcut,
-        alpha=alpha,
-        weight_on=bool(weight_on),
-        max_edges=None if max_edges is None else int(max_edges),
+        settings=settings,
+        max_edges=max_edges,
     )
     if max_edges is None:
         return p
     return jnp.where(overflow[:, None, None], jnp.asarray(jnp.nan, p.dtype), p)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("nmax", "lmax", "rcut", "alpha", "weight_on", "max_edges")
-)
-def _spectrum(
+def _float_dtype(crystals: Crystals) -> Any:
+    dtype = jnp.result_type(crystals.frac.dtype, crystals.lattice.dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.asarray(0.0).dtype
+    return dtype
+
+
+def _gather_edges(
     crystals: Crystals,
     index: Array,
     shift: Array,
     nmask: Array,
     centers: Array | None,
-    *,
-    nmax: int,
-    lmax: int,
-    rcut: float,
-    alpha: float,
     weight_on: bool,
-    max_edges: int | None = None,
-) -> tuple[Array, Array]:
-    """Spectra ``(B, M, F)`` and an overflow flag ``(B,)``.
-
-    With ``max_edges`` the edges within ``rcut`` of the whole batch are compacted into one list
-    of that capacity before the (costly) radial and angular functions are evaluated; crystals
-    whose edges did not fit are flagged (their spectra are then incomplete).
-    """
-    basis = so3_basis(nmax, lmax, rcut, alpha)
-    dtype = jnp.result_type(crystals.frac.dtype, crystals.lattice.dtype)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.asarray(0.0).dtype
+) -> tuple[Array, Array, Array, Array]:
+    """Edge vectors ``(B, M, K, 3)`` Å, weights ``(B, M, K)``, edge mask ``(B, M, K)`` and center
+    mask ``(B, M)`` of the neighbor slots of every atom (or of ``centers``)."""
+    dtype = _float_dtype(crystals)
 
     def edges(lattice, frac, species, amask, index, shift, nmask, ctr):
         lattice = lattice.astype(dtype)
@@ -458,7 +605,7 @@ def _spectrum(
         w = jnp.where((zj != zi[:, None]) & weight_on, -zj, zj).astype(dtype)
         return v, w, nmask & ci[:, None], ci
 
-    v, w, m, ci = jax.vmap(edges)(
+    return jax.vmap(edges)(
         crystals.lattice,
         crystals.frac,
         crystals.species,
@@ -468,6 +615,43 @@ def _spectrum(
         nmask,
         centers,
     )
+
+
+@functools.partial(jax.jit, static_argnames=("bound",))
+def _count_live_edges(
+    crystals: Crystals,
+    index: Array,
+    shift: Array,
+    nmask: Array,
+    centers: Array | None,
+    *,
+    bound: float,
+) -> Array:
+    """Number ``()`` of real edges shorter than ``bound`` Å (as :func:`_spectrum` tests them)."""
+    v, _, m, _ = _gather_edges(crystals, index, shift, nmask, centers, False)
+    return jnp.sum(m & (jnp.sum(v * v, axis=-1) < bound**2), dtype=jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("settings", "max_edges"))
+def _spectrum(
+    crystals: Crystals,
+    index: Array,
+    shift: Array,
+    nmask: Array,
+    centers: Array | None,
+    *,
+    settings: SO3Settings,
+    max_edges: int | None = None,
+) -> tuple[Array, Array]:
+    """Spectra ``(B, M, F)`` and an overflow flag ``(B,)``.
+
+    With ``max_edges`` the edges within ``rcut`` of the whole batch are compacted into one list
+    of that capacity before the (costly) radial and angular functions are evaluated; crystals
+    whose edges did not fit are flagged (their spectra are then incomplete).
+    """
+    basis = so3_basis(settings)
+    dtype = _float_dtype(crystals)
+    v, w, m, ci = _gather_edges(crystals, index, shift, nmask, centers, settings.weight_on)
     b, mm, k = m.shape
     if max_edges is None:
         c = jnp.sum(_edge_coefficients(v, w, m, basis), axis=-3)  # (B, M, nmax, Q)
@@ -488,12 +672,7 @@ def _spectrum(
 def so3_power_spectrum_edge_list(
     crystals: Crystals,
     edges: Any,
-    *,
-    nmax: int = 2,
-    lmax: int = 4,
-    rcut: float = 2.0,
-    alpha: float = 1.5,
-    weight_on: bool = False,
+    settings: SO3Settings = SO3Settings(),
 ) -> Array:
     """Spectra of the query rows of a :class:`~jaxcsp.neighbors.EdgeList` (jit/grad-safe).
 
@@ -503,26 +682,32 @@ def so3_power_spectrum_edge_list(
 
     Args:
       crystals: batch (``B`` crystals of ``N`` slots) the edges were built for.
-      edges: :class:`~jaxcsp.neighbors.EdgeList` with cutoff ``>= rcut`` (edges past ``rcut``
-        are ignored).
-      nmax, lmax, rcut, alpha, weight_on: descriptor setting (see :func:`so3_power_spectrum`).
+      edges: :class:`~jaxcsp.neighbors.EdgeList` with cutoff ``>= settings.rcut`` (edges past
+        ``rcut`` are ignored).
+      settings: descriptor setting (:class:`SO3Settings`, static).
 
     Returns:
-      ``(B, R, F)`` spectra (dtype of ``crystals.frac``; zero for rows without real edges).
+      ``(B, R, F)`` spectra (dtype of ``crystals.frac``; zero for rows without real edges),
+      ``F = settings.num_components``.
+
+    Raises:
+      InvalidArgumentError: ``settings`` is not an :class:`SO3Settings`.
+      InvalidStructureError: an edge list whose cutoff is below ``settings.rcut``.
     """
     from jaxcsp.neighbors import edge_list_vectors
 
-    nmax, lmax, rcut, alpha = _check_params(nmax, lmax, rcut, alpha)
-    if edges.cutoff < rcut * (1 - 1e-12):
+    settings = _as_settings(settings)
+    if edges.cutoff < settings.rcut * (1 - 1e-12):
         raise InvalidStructureError(
-            f"edge list cutoff {edges.cutoff} Å is smaller than rcut {rcut} Å", field="edges"
+            f"edge list cutoff {edges.cutoff} Å is smaller than rcut {settings.rcut} Å",
+            field="edges",
         )
-    basis = so3_basis(nmax, lmax, rcut, alpha)
+    basis = so3_basis(settings)
     b = crystals.mask.shape[0]
     v = edge_list_vectors(crystals, edges)
     z = crystals.species.reshape(-1)
     zi, zj = z[edges.center], z[edges.neighbor]
-    w = jnp.where((zj != zi) & bool(weight_on), -zj, zj).astype(v.dtype)
+    w = jnp.where((zj != zi) & settings.weight_on, -zj, zj).astype(v.dtype)
     ce = _edge_coefficients(v, w, edges.mask, basis)  # (E, nmax, Q)
     rows = b * edges.num_rows
     c = jax.ops.segment_sum(ce, edges.row, num_segments=rows, indices_are_sorted=True)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcsp.descriptors._so3 import SO3Settings, _as_settings
 from jaxcsp.models.cvae import (
     CVAE,
     MAX_SLOTS,
@@ -85,16 +86,13 @@ def refine_latents(
     model: CVAEModel,
     wc: Any,
     reference: Any,
+    settings: SO3Settings = SO3Settings(),
     *,
     init: str = "encode",
     key: Any = None,
     steps: int = 100,
     learning_rate: float = 0.05,
     bound: float = 5.0,
-    nmax: int = 2,
-    lmax: int = 4,
-    rcut: float = 2.0,
-    alpha: float = 1.5,
     weighting: str = "multiplicity",
     per_component: bool = True,
     cn_weight: float = 1.0,
@@ -110,13 +108,16 @@ def refine_latents(
       model: a trained conditional :class:`~jaxcsp.models.cvae.CVAEModel`.
       wc: :class:`~jaxcsp.symmetry.WyckoffCrystals` (the invalid set): their conditions and
         species are kept; their free variables seed ``z`` when ``init="encode"``.
-      reference: ``(F,)`` target spectrum (e.g. graphite's).
+      reference: ``(F,)`` target spectrum (e.g. graphite's, from
+        :func:`jaxcsp.descriptors.reference_spectrum` with the same ``settings``).
+      settings: descriptor setting (:class:`~jaxcsp.descriptors.SO3Settings`).
       init: ``"encode"`` (posterior mean of each crystal) or ``"prior"`` (``z ~ N(0, I)``,
         needs ``key``): the latent restart of each round.
       key: ``jax.random`` key for ``init="prior"``.
       steps, learning_rate: optimisation steps and AdamW learning rate (latent units).
       bound: ``z`` is kept in ``[-bound, bound]`` (the prior's support, practically).
-      nmax, lmax, rcut, alpha, weighting, per_component: descriptor loss setting.
+      weighting, per_component: descriptor loss definition (see
+        :func:`jaxcsp.descriptors.descriptor_loss`).
       cn_weight, cn_target, cn_width, cn_reach: smooth-CN term of the loss (on by default, as
         in :func:`jaxcsp.design.design`).
       chunk: steps per jitted scan.
@@ -128,7 +129,8 @@ def refine_latents(
 
     Raises:
       UnknownConditionError: a condition the model never saw.
-      InvalidArgumentError: ``model`` is the unconditional VAE, bad ``init``.
+      InvalidArgumentError: ``model`` is the unconditional VAE, bad ``init``, ``settings``
+        not an :class:`~jaxcsp.descriptors.SO3Settings`.
     """
     from jaxcsp.errors import InvalidArgumentError
     from jaxcsp.optimize.descriptor import (
@@ -138,6 +140,7 @@ def refine_latents(
         site_edge_spec,
     )
 
+    settings = _as_settings(settings)
     if not model.conditional:
         raise InvalidArgumentError(
             "latent refinement keeps the condition fixed: it needs the conditional model",
@@ -163,11 +166,7 @@ def refine_latents(
     aux = (params, transform, cond)
     to_wc = _Decoder(model.module)
     loss_kw = dict(
-        nmax=nmax,
-        lmax=lmax,
-        rcut=float(rcut),
-        alpha=float(alpha),
-        weight_on=False,
+        settings=settings,
         weighting=weighting,
         per_component=bool(per_component),
         cn_weight=float(cn_weight),
@@ -188,7 +187,7 @@ def refine_latents(
         ),
         tuple(sorted(loss_kw.items())),
     )
-    cutoff = loss_cutoff(wc, rcut, cn_weight=cn_weight, cn_reach=cn_reach)
+    cutoff = loss_cutoff(wc, settings.rcut, cn_weight=cn_weight, cn_reach=cn_reach)
     p0 = {"z": jnp.clip(z0, -bound, bound)}
     start = to_wc(wc, p0, aux)
     spec = site_edge_spec(start, cutoff)

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcsp.descriptors._so3 import SO3Settings, _as_settings
 from jaxcsp.runtime import release_compiled_programs
 
 __all__ = [
@@ -674,15 +675,11 @@ def descriptor_loop(
 def optimize_wyckoff(
     wc: Any,
     reference: Any,
+    settings: SO3Settings = SO3Settings(),
     *,
     steps: int = 300,
     learning_rate: float = 5e-3,
     cell_step: float = 0.1,
-    nmax: int = 2,
-    lmax: int = 4,
-    rcut: float = 2.0,
-    alpha: float = 1.5,
-    weight_on: bool = False,
     weighting: str = "multiplicity",
     per_component: bool = True,
     wrap_coords: bool = True,
@@ -709,12 +706,14 @@ def optimize_wyckoff(
 
     Args:
       wc: :class:`~jaxcsp.symmetry.WyckoffCrystals` batch (float32 or float64).
-      reference: ``(F,)`` target spectrum (e.g. :func:`jaxcsp.descriptors.reference_spectrum`).
+      reference: ``(F,)`` target spectrum (e.g. :func:`jaxcsp.descriptors.reference_spectrum`
+        with the same ``settings``).
+      settings: descriptor setting (:class:`~jaxcsp.descriptors.SO3Settings`; part of the
+        compiled chunk's static key).
       steps: maximum optimisation steps.
       learning_rate: AdamW learning rate in normalised units.
       cell_step: multiplier of the cell's step relative to the coordinates' (the normalised cell
         spans 50 Å, so equal steps would move lengths much faster than atoms).
-      nmax, lmax, rcut, alpha, weight_on: descriptor setting.
       weighting, per_component: loss definition (see :func:`jaxcsp.descriptors.descriptor_loss`).
       wrap_coords: wrap (True) or clamp (False) the coordinates.
       cn_weight, cn_target, cn_width, cn_reach: optional smooth-CN term of the loss (see
@@ -736,6 +735,7 @@ def optimize_wyckoff(
     """
     from jaxcsp.symmetry import free_variables, validate_free_variables
 
+    settings = _as_settings(settings)
     validate_free_variables(wc)
     n_real = wc.batch_size
     if mesh is not None:
@@ -745,11 +745,7 @@ def optimize_wyckoff(
     dtype = wc.cell.dtype
     reference = jnp.asarray(reference, dtype)
     loss_kw = dict(
-        nmax=nmax,
-        lmax=lmax,
-        rcut=float(rcut),
-        alpha=float(alpha),
-        weight_on=bool(weight_on),
+        settings=settings,
         weighting=weighting,
         per_component=bool(per_component),
         cn_weight=float(cn_weight),
@@ -771,7 +767,7 @@ def optimize_wyckoff(
         ),
         tuple(sorted(loss_kw.items())),
     )
-    cutoff = loss_cutoff(wc, rcut, cn_weight=cn_weight, cn_reach=cn_reach)
+    cutoff = loss_cutoff(wc, settings.rcut, cn_weight=cn_weight, cn_reach=cn_reach)
     cell_u, coords = free_variables(wc)
     lo = _normalize_box(PYXTAL_CELL_BOX[0], dtype)
     hi = _normalize_box(PYXTAL_CELL_BOX[1], dtype)

@@ -355,7 +355,7 @@ def dual_level_search(
     Raises:
       InvalidArgumentError: bad settings, or a model that is not conditional.
     """
-    from jaxcsp.descriptors import reference_spectrum
+    from jaxcsp.descriptors import SO3Settings, reference_spectrum
     from jaxcsp.elements import chemical_symbols
     from jaxcsp.errors import InvalidArgumentError, check_int
 
@@ -375,7 +375,7 @@ def dual_level_search(
             "the dual-level loop needs the conditional model", argument="model"
         )
     element = chemical_symbols([int(model.species)])[0]
-    ref = reference_spectrum("graphite", nmax=2, lmax=4, rcut=2.0, alpha=1.5)
+    ref = reference_spectrum("graphite", SO3Settings())  # the seed's setting
     kw = dict(cn_weight=float(cn_weight), cn_target=float(target_cn))
     common = dict(
         steps=steps,
