@@ -20,7 +20,8 @@ from jaxcsp.optimize._base import (
 )
 from jaxcsp.optimize._bfgs import BFGSLineSearchState, bfgs_linesearch
 from jaxcsp.optimize._dofs import AtomPositions, Dofs, FrechetCell, WyckoffFree
-from jaxcsp.optimize._fire import FIREState, LBFGSState, fire, lbfgs
+from jaxcsp.optimize._fire import FIREState, fire
+from jaxcsp.optimize._lbfgs import LBFGSState, lbfgs
 from jaxcsp.optimize._relax import (
     METHODS,
     RelaxData,

@@ -106,3 +106,37 @@ def where_rows(mask: Array, a: Any, b: Any) -> Any:
         return jnp.where(m, x, y)
 
     return jax.tree.map(sel, a, b)
+
+
+def first_evaluation(objective, x, row_mask, data, fmax, max_steps, f_upper):
+    """Shared start of the one-evaluation-per-step optimizers (FIRE, L-BFGS): the objective at
+    ``x`` (padded rows zeroed) and the starting status of every sample (``INVALID``,
+    ``CONVERGED``, ``MAX_STEPS`` for a zero step budget, else ``RUNNING``)."""
+    row_mask = jnp.asarray(row_mask, bool)
+    x = jnp.where(row_mask[..., None], x, 0.0)
+    b = x.shape[0]
+    e, g, overflow = objective(x, row_mask, data)
+    fmax = jnp.broadcast_to(jnp.asarray(fmax, x.dtype), (b,))
+    max_steps = jnp.broadcast_to(jnp.asarray(max_steps, jnp.int32), (b,))
+    ok = finite_rows(e, g, f_upper)
+    status = jnp.where(~ok, INVALID, jnp.where(masked_fmax(g, row_mask) < fmax, CONVERGED, RUNNING))
+    status = jnp.where((status == RUNNING) & (max_steps <= 0), MAX_STEPS, status)
+    return x, row_mask, e, g, overflow, fmax, max_steps, status.astype(jnp.int32)
+
+
+def after_evaluation(st, x_new, e, g, overflow, run, f_upper):
+    """Shared bookkeeping after the evaluation at the new point."""
+    ok = finite_rows(e, g, f_upper)
+    steps = st.steps + run.astype(jnp.int32)
+    status = jnp.where(run & ~ok, EXPLODED, st.status)
+    status = jnp.where(run & ok & (masked_fmax(g, st.row_mask) < st.fmax), CONVERGED, status)
+    status = jnp.where((status == RUNNING) & (steps >= st.max_steps), MAX_STEPS, status)
+    return dict(
+        x=where_rows(run, x_new, st.x),
+        energy=jnp.where(run, e, st.energy),
+        grad=where_rows(run, g, st.grad),
+        status=status.astype(jnp.int32),
+        steps=steps,
+        force_calls=st.force_calls + run.astype(jnp.int32),
+        overflow=st.overflow | (overflow & run),
+    )

@@ -49,7 +49,8 @@ from jaxcsp.optimize._base import (
 )
 from jaxcsp.optimize._bfgs import bfgs_linesearch
 from jaxcsp.optimize._dofs import Dofs, as_dofs
-from jaxcsp.optimize._fire import fire, lbfgs
+from jaxcsp.optimize._fire import fire
+from jaxcsp.optimize._lbfgs import lbfgs
 from jaxcsp.runtime import release_compiled_programs
 
 __all__ = [
