@@ -215,6 +215,42 @@ def test_relax_stops_where_the_ensemble_is_unsure(trained):
     assert "uncertain" in names
 
 
+def _strained_diamond_and_held_out(trained):
+    c = jc.io.read("jaxcsp/data/structures/si_diamond.cif")
+    c = c.replace(lattice=c.lattice * 1.05)  # every force vanishes by symmetry
+    return jc.crystal.concatenate([c, trained[2].take(np.arange(3))])
+
+
+def test_a_force_floor_makes_u_meaningful_where_forces_vanish_by_symmetry(trained):
+    """Strained diamond: the seed's ``U`` is round-off over round-off (about 7 here); with the
+    floor at the relaxation's threshold it is ~1e-10, and elsewhere the floor changes nothing."""
+    ens = trained[0]
+    c = _strained_diamond_and_held_out(trained)
+    pred = ens.predict(c)
+    assert float(jnp.abs(pred.forces[0]).max()) < 1e-10 and float(pred.uncertainty[0]) > 0.5
+    u = np.asarray(ens.potential(force_floor=0.05).uncertainties(c, ens._neighbors(c)))
+    assert u[0] < 1e-6
+    np.testing.assert_allclose(u[1:], np.asarray(pred.uncertainty[1:]), rtol=1e-6)
+    with pytest.raises(InvalidArgumentError, match="force_floor"):
+        ens.potential(force_floor=float("nan"))
+
+
+@pytest.mark.slow  # two guarded relaxation programs of the ensemble: about 14 s
+def test_with_the_floor_a_symmetric_start_relaxes_its_cell(trained):
+    """Without the floor the guard stops the strained diamond before its first step; with it
+    the cell relaxes (converges, about 1.8 eV lower)."""
+    from jaxcsp.optimize import relax
+
+    ens = trained[0]
+    c = _strained_diamond_and_held_out(trained)
+    kw = dict(fmax=0.05, cell_filter="frechet", max_steps=20, max_uncertainty=0.5)
+    stuck = relax(c, ens.potential(), **kw)
+    moved = relax(c, ens.potential(force_floor=0.05), **kw)
+    assert stuck.status_names[0] == "uncertain" and int(stuck.steps[0]) == 0
+    assert moved.status_names[0] == "converged" and int(moved.steps[0]) > 0
+    assert float(moved.energy[0]) < float(stuck.energy[0]) - 1.0  # eV
+
+
 @pytest.mark.slow  # two more relaxation programs of the ensemble (unguarded, guarded): about 20 s
 def test_a_guard_that_never_fires_changes_nothing(trained):
     from jaxcsp.optimize import relax

@@ -231,21 +231,24 @@ def _member_results(params, crystals: Crystals, neighbors, options):
     return jax.vmap(one)(params["net"])
 
 
-def _relative_uncertainty(forces: Array, mask: Array) -> Array:
-    """``U = max_i ‖σ_f,i‖ / max_i ‖f̄_i‖`` from member forces ``(M, B, N, 3)`` -> ``(B,)``."""
+def _relative_uncertainty(forces: Array, mask: Array, floor: Any = 0.0) -> Array:
+    """``U = max_i ‖σ_f,i‖ / max(max_i ‖f̄_i‖, floor)`` from member forces ``(M, B, N, 3)`` ->
+    ``(B,)`` (``floor`` in eV/Å)."""
     mean = jnp.mean(forces, axis=0)
     sig = jnp.sqrt(jnp.sum(jnp.var(forces, axis=0), axis=-1))  # (B, N)
     fnorm = jnp.sqrt(jnp.sum(mean * mean, axis=-1))
     top_sig = jnp.max(jnp.where(mask, sig, 0.0), axis=-1)
     top_f = jnp.max(jnp.where(mask, fnorm, 0.0), axis=-1)
     tiny = jnp.finfo(forces.dtype).tiny
-    return top_sig / jnp.maximum(top_f, tiny)
+    return top_sig / jnp.maximum(jnp.maximum(top_f, jnp.asarray(floor, top_f.dtype)), tiny)
 
 
 def _ensemble_uncertainty(params, crystals, neighbors, options) -> Array:
-    """``(B,)`` relative force uncertainty ``U`` of a batch (the Potential hook)."""
+    """``(B,)`` relative force uncertainty ``U`` of a batch (the Potential hook); the force
+    floor (eV/Å, traced) is ``params["force_floor"]`` when :meth:`MLFFEnsemble.potential` set
+    one."""
     _, f, _ = _member_results(params, crystals, neighbors, options)
-    return _relative_uncertainty(f, crystals.mask)
+    return _relative_uncertainty(f, crystals.mask, params.get("force_floor", 0.0))
 
 
 def _pooled_features(params, crystals, neighbors, options) -> Array:
@@ -368,15 +371,28 @@ class MLFFEnsemble:
             )
         return dataclasses.replace(self, compute_dtype=name)
 
-    def potential(self):
+    def potential(self, force_floor: float = 0.0):
         """The ensemble's mean as a :class:`~jaxcsp.potentials.Potential` (eV, eV/Å, eV/Å³),
         with the relative force uncertainty as its ``uncertainty_fn`` (so
-        ``relax(..., max_uncertainty=0.5)`` stops where the members disagree)."""
+        ``relax(..., max_uncertainty=0.5)`` stops where the members disagree).
+
+        Args:
+          force_floor: eV/Å, the smallest denominator of ``U = max‖σ_f‖ / max(max‖f̄‖,
+            force_floor)``. With ``0`` (the seed's ``U``) a structure whose forces vanish by
+            symmetry (every atom on a special position, only the cell still to relax) has
+            ``U`` = round-off / round-off and stops at once; a floor at the relaxation's force
+            threshold measures the spread against the forces that still matter. A traced
+            value: changing it compiles nothing.
+        """
         from jaxcsp.potentials import Potential
 
+        params = self.params
+        if force_floor:
+            check_real("force_floor", force_floor, positive=False)
+            params = dict(params, force_floor=jnp.asarray(float(force_floor)))
         return Potential(
             _ensemble_energy,
-            self.params,
+            params,
             cutoff=float(self.config.cutoff),
             species=self.species,
             options=self.options,

@@ -18,11 +18,14 @@ cycle:
 3. **Relax both pools with the ensemble** (:func:`jaxcsp.optimize.relax`, BFGS + line search,
    variable cell, ``fmax`` 0.05 eV/Å, at most ``relax_steps`` steps per cycle), each stopping
    when converged or when the relative force uncertainty
-   ``U = max_i ‖σ_f,i‖ / max_i ‖f̄_i‖`` passes ``max_uncertainty`` (0.5); the pools keep the
-   relaxed structures (a relaxation that exploded keeps its start). Every accepted BFGS step
-   lowers the energy (the line search's sufficient-decrease condition), so the seed's stop
-   after 20 steps without an energy decrease, written for L-BFGS without a line search,
-   cannot trigger here; ``relax_steps`` bounds a relaxation instead.
+   ``U = max_i ‖σ_f,i‖ / max(max_i ‖f̄_i‖, relax_fmax)`` passes ``max_uncertainty`` (0.5).
+   The floor at the relaxation's threshold is ours: with the seed's bare denominator a
+   candidate whose forces all vanish by symmetry (an eighth of a random symmetric Si16 pool,
+   only its cell still to relax) has ``U`` = round-off / round-off and never moves. The
+   pools keep the relaxed structures (a relaxation that exploded keeps its start). Every
+   accepted BFGS step lowers the energy (the line search's sufficient-decrease condition), so
+   the seed's stop after 20 steps without an energy decrease, written for L-BFGS without a
+   line search, cannot trigger here; ``relax_steps`` bounds a relaxation instead.
 4. **Stopping criterion**: the search pool's structures are clustered (DBSCAN on standardised
    ensemble features, :meth:`MLFFEnsemble.features`); a cluster's energy is its lowest
    predicted energy per atom. The search stops when none of the ``k`` lowest cluster energies
@@ -425,7 +428,7 @@ def active_learning(
             patience=config["patience"],
         ).with_compute_dtype(config["compute_dtype"])
         t1 = time.perf_counter()
-        potential = ensemble.potential()
+        potential = ensemble.potential(force_floor=config["relax_fmax"])
         # both pools in one batch: one set of compiled relaxation programs
         from jaxcsp.crystal import concatenate
 
