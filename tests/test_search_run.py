@@ -144,6 +144,21 @@ def test_rerun_with_other_settings_is_refused(searched):
         jc.search.run(method, "Si8", oracle, db=db, **dict(KW, seed=4))
 
 
+def test_dofs_replace_the_cell_filter(searched, tmp_path):
+    """``dofs=`` takes a :class:`jaxcsp.optimize.Dofs` value: ``FrechetCell()`` is the default
+    ``cell_filter="frechet"`` (the same rows, the same compiled programs); a string is refused."""
+    from jaxcsp.optimize import FrechetCell
+
+    method, oracle, result, _ = searched
+    db = tmp_path / "dofs.db"
+    again = jc.search.run(method, "Si8", oracle, db=db, dofs=FrechetCell(), **dict(KW))
+    assert again.ranking == result.ranking
+    assert again.metrics["oracle_calls"] == result.metrics["oracle_calls"]
+    assert jc.io.connect_db(db).metadata["search"]["cell_filter"] == "FrechetCell()"
+    with pytest.raises(jc.search.InvalidSearchError, match="dofs"):
+        jc.search.run(method, "Si8", oracle, db=tmp_path / "bad.db", dofs="frechet", **KW)
+
+
 def test_cli_prints_ranked_table_and_metrics(searched, tmp_path, capsys):
     from jaxcsp.cli import main
 

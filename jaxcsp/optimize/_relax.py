@@ -561,6 +561,9 @@ def _choose_dofs(cell_filter: Any, dofs: Any, symmetric: bool = False) -> Any:
             argument="dofs",
             value=dofs,
         )
+    for name in (None, "frechet"):  # a built-in kind given as a value: the named mode's programs
+        if dofs == as_dofs(name):
+            return name
     return dofs
 
 
@@ -767,6 +770,8 @@ def relax(
         :class:`~jaxcsp.optimize.FrechetCell` degrees of freedom.
       dofs: any other :class:`~jaxcsp.optimize.Dofs` (a new kind of degrees of freedom: a
         frozen dataclass with ``init`` and ``to_crystals``); replaces ``cell_filter``.
+        ``AtomPositions()`` and ``FrechetCell()`` are the same as ``cell_filter=None`` and
+        ``"frechet"`` (and share their compiled programs).
       max_steps: optimizer steps per structure.
       symmetric: FixSymmetry-style mode (spglib operations of the starting structures).
       symprec: spglib tolerance in Å for ``symmetric``.

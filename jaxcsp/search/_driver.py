@@ -239,6 +239,7 @@ def evaluate(
     max_steps: int = 1000,
     optimizer: str = "bfgs_linesearch",
     max_atoms: int = 2048,
+    dofs: Any = None,
 ) -> Evaluation:
     """Relax a proposal on the oracle (after its cheap tiers) into the database; resume-safe.
 
@@ -258,6 +259,8 @@ def evaluate(
       max_steps: step cap per relaxation.
       optimizer: ``"bfgs_linesearch"``, ``"fire"`` or ``"lbfgs"``.
       max_atoms: atom cap per relaxation batch.
+      dofs: a :class:`jaxcsp.optimize.Dofs` the relaxations move instead of ``cell_filter``'s
+        (e.g. a new kind of degrees of freedom); ``cell_filter`` is then not used.
 
     Returns:
       :class:`Evaluation` with ``P`` entries in id order.
@@ -290,9 +293,9 @@ def evaluate(
                 tier.potential,
                 fmax=tier.fmax,
                 max_steps=tier.max_steps,
-                cell_filter=cell_filter,
                 pressure=pressure,
                 method=optimizer,
+                **_dof_args(cell_filter, dofs),
             )
             tier_calls[:, k] = np.asarray(res.force_calls)
             status = np.asarray(res.status)
@@ -321,10 +324,10 @@ def evaluate(
             max_atoms=max_atoms,
             method=optimizer,
             fmax=fmax,
-            cell_filter=cell_filter,
             max_steps=max_steps,
             pressure=pressure,
             progress=False,
+            **_dof_args(cell_filter, dofs),
         )
         rows = _read_rows(con, ids)
     return _evaluation_from_rows(rows, ids, proposal, iteration, pressure, tier_names)
@@ -448,7 +451,15 @@ class _Labels:
         return self.labels
 
 
-def _reference(reference: Any, oracle: Oracle, *, fmax, cell_filter, pressure, max_steps):
+def _dof_args(cell_filter: Any, dofs: Any) -> dict:
+    """The relaxation's DOF keywords: ``dofs`` when given (``cell_filter`` unused), else the
+    cell filter."""
+    return dict(cell_filter=cell_filter) if dofs is None else dict(cell_filter=None, dofs=dofs)
+
+
+def _reference(
+    reference: Any, oracle: Oracle, *, fmax, cell_filter, pressure, max_steps, dofs=None
+):
     """The reference as a batch of one, relaxed on the oracle potential (not counted)."""
     from jaxcsp.io import from_ase, read
     from jaxcsp.optimize import relax
@@ -464,9 +475,9 @@ def _reference(reference: Any, oracle: Oracle, *, fmax, cell_filter, pressure, m
         ref,
         oracle.potential,
         fmax=fmax,
-        cell_filter=cell_filter,
         pressure=pressure,
         max_steps=max_steps,
+        **_dof_args(cell_filter, dofs),
     )
     n = int(np.asarray(ref.mask).sum())
     vol = abs(float(np.linalg.det(np.asarray(res.crystals.lattice[0], np.float64))))
@@ -508,6 +519,7 @@ def run(
     max_atoms: int = 2048,
     stop_at_reference: bool = False,
     progress: bool = True,
+    dofs: Any = None,
 ) -> SearchResult:
     """Run a search method on a composition with an oracle, into an ASE database; resumable.
 
@@ -516,7 +528,7 @@ def run(
       composition: unit-cell composition, ``"Si8"`` or ``{"Na": 4, "Cl": 4}``.
       oracle: an :class:`Oracle`, or a bare ``Potential`` (an oracle without budget or tiers).
       db: ASE database path or URL; rows are written as candidates finish; rerunning the same
-        call resumes and ends with the same result.
+        call resumes (the rows written before a kill as they were; see the module docstring).
       seed: integer seed of the search's ``jax.random`` key.
       max_iterations: stop after this many iterations (``None``: only the budget stops it;
         one of the two is required).
@@ -535,6 +547,9 @@ def run(
       stop_at_reference: also stop at the end of the first iteration in which a candidate
         matches ``reference`` (a benchmark's "time to the ground truth"; needs ``reference``).
       progress: show a progress display (rich).
+      dofs: a :class:`jaxcsp.optimize.Dofs` every relaxation (the oracle's, its tiers', the
+        reference's) moves instead of ``cell_filter``'s, e.g. a new kind of degrees of freedom;
+        ``cell_filter`` is then not used.
 
     Returns:
       :class:`SearchResult`.
@@ -570,7 +585,15 @@ def run(
         raise InvalidSearchError(
             "stop_at_reference needs a reference structure", field="stop_at_reference"
         )
-    if cell_filter not in (None, "frechet"):
+    if dofs is not None:
+        from jaxcsp.optimize import Dofs
+
+        if not isinstance(dofs, Dofs):
+            raise InvalidSearchError(
+                f"must be a jaxcsp.optimize.Dofs, got {type(dofs).__name__}", field="dofs"
+            )
+        cell_filter = None  # the DOFs replace it
+    elif cell_filter not in (None, "frechet"):
         raise InvalidSearchError(
             f"must be 'frechet' or None, got {cell_filter!r}", field="cell_filter"
         )
@@ -586,7 +609,7 @@ def run(
             [t.name, getattr(t.potential, "name", "?"), t.fmax, t.max_steps] for t in oracle.tiers
         ],
         fmax=float(fmax),
-        cell_filter=cell_filter,
+        cell_filter=cell_filter if dofs is None else repr(dofs),
         pressure=float(pressure),
         max_steps=int(max_steps),
         optimizer=optimizer,
@@ -615,6 +638,7 @@ def run(
                 cell_filter=cell_filter,
                 pressure=pressure,
                 max_steps=max_steps,
+                dofs=dofs,
             )
             ref_structure.append(to_pymatgen(ref_c)[0])
             energies.append(e_ref)
@@ -645,6 +669,7 @@ def run(
                 max_steps=max_steps,
                 optimizer=optimizer,
                 max_atoms=max_atoms,
+                dofs=dofs,
             )
             archive = ev if state.archive is None else Evaluation.concatenate([state.archive, ev])
             new_labels = grouping.extend(ev)
