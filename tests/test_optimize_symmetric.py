@@ -80,9 +80,18 @@ def test_wyckoff_and_fixsymmetry_keep_the_group_and_match_ase(start):
 
 
 def test_relax_wyckoff_fixed_cell_keeps_cell(start):
+    from jaxcsp.errors import InvalidArgumentError
+    from jaxcsp.optimize import FrechetCell, WyckoffFree
+
     wc = start[0].take(np.arange(3))
-    _, res = relax_wyckoff(wc, potentials.stillinger_weber(), cell=False, fmax=0.01, max_steps=300)
+    sw = potentials.stillinger_weber()
+    _, res = relax_wyckoff(wc, sw, cell=False, fmax=0.01, max_steps=300)
     assert bool(np.all(res.converged))
     np.testing.assert_allclose(
         np.asarray(res.crystals.lattice), np.asarray(reconstruct(wc).lattice), atol=1e-12
     )
+    # the same as a value (the same compiled programs)
+    _, same = relax_wyckoff(wc, sw, dofs=WyckoffFree(fixed_cell=True), fmax=0.01, max_steps=300)
+    np.testing.assert_array_equal(np.asarray(same.energy), np.asarray(res.energy))
+    with pytest.raises(InvalidArgumentError, match="WyckoffFree"):
+        relax_wyckoff(wc, sw, dofs=FrechetCell())

@@ -24,6 +24,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxcsp.errors import InvalidArgumentError
+from jaxcsp.optimize._dofs import WyckoffFree
 from jaxcsp.optimize._relax import RelaxResult, _check_args, drive, result_from_state
 from jaxcsp.optimize._wyckoff_dofs import (
     WyckoffData,
@@ -49,6 +51,7 @@ def relax_wyckoff(
     chunk: int = 50,
     neighbor_backend: str = "auto",
     progress: bool = False,
+    dofs: Any = None,
     **options: Any,
 ) -> tuple[Any, RelaxResult]:
     """Relax a ``WyckoffCrystals`` batch in its free variables (symmetry kept by construction).
@@ -60,6 +63,8 @@ def relax_wyckoff(
       fmax: convergence threshold on the largest DOF-gradient row (≈ eV/Å, see the module
         docstring).
       cell: also relax the free lattice parameters.
+      dofs: a :class:`~jaxcsp.optimize.WyckoffFree` value instead of ``cell``
+        (``WyckoffFree(fixed_cell=True)`` is ``cell=False``); ``cell`` is then not used.
       max_steps, pressure (eV/Å³), chunk, neighbor_backend, progress, **options: as in
         :func:`jaxcsp.optimize.relax`.
 
@@ -70,6 +75,15 @@ def relax_wyckoff(
     from jaxcsp.potentials import check_species
     from jaxcsp.symmetry import reconstruct
 
+    if dofs is not None:
+        if not isinstance(dofs, WyckoffFree):
+            raise InvalidArgumentError(
+                f"relax_wyckoff moves Wyckoff free variables: dofs must be a WyckoffFree, "
+                f"got {type(dofs).__name__}",
+                argument="dofs",
+                value=dofs,
+            )
+        cell = not dofs.fixed_cell
     mode = "wyckoff" if cell else "wyckoff_fixed_cell"
     _check_args(method, None, fmax=fmax, max_steps=max_steps, pressure=pressure, chunk=chunk)
     c0 = reconstruct(wc, wrap=False)
