@@ -66,6 +66,7 @@ def main(argv=None) -> None:
     jax.config.update("jax_enable_x64", True)
 
     from jaxcsp import search
+    from jaxcsp.io import connect_db
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,6 +116,11 @@ def main(argv=None) -> None:
             )
             rnd_wall = time.perf_counter() - t
             bm = rnd.metrics
+            # every row of the random run (whole batches are written): the hit rate of a random
+            # symmetric start and the mean calls of one oracle relaxation
+            rows = list(connect_db(out / f"{system}_random_{seed}.db").select())
+            hits = sum(bool(r.get("matches_reference", False)) for r in rows)
+            mean_relax = statistics.mean(r.oracle_calls for r in rows)
             r_calls = bm.get("calls_to_reference")
             ratio = (r_calls or bm["oracle_calls"]) / max(1, m["oracle_calls"])
             row = dict(
@@ -130,6 +136,9 @@ def main(argv=None) -> None:
                 random_found=r_calls is not None,
                 random_calls_to_reference=r_calls,
                 random_calls=int(bm["oracle_calls"]),
+                random_starts=len(rows),
+                random_hits=hits,
+                random_mean_calls_per_relaxation=mean_relax,
                 random_wall_s=rnd_wall,
                 ratio=ratio,
                 ratio_is_lower_bound=r_calls is None,
@@ -166,6 +175,21 @@ def main(argv=None) -> None:
         # seeds (a lower bound where a run spent its budget without a hit) is the fairer bar
         r_mean = statistics.mean(r["random_calls_to_reference"] or r["random_calls"] for r in mine)
         a_mean = statistics.mean(r["active_calls"] for r in mine)
+        # the pooled rate of random symmetric starts that relax into the reference: the
+        # expected cost of random search (mean calls per relaxation / rate) and the chance
+        # that active learning's search pool holds such a start at all
+        starts = sum(r["random_starts"] for r in mine)
+        hits = sum(r["random_hits"] for r in mine)
+        if hits:
+            rate = hits / starts
+            per = statistics.mean(r["random_mean_calls_per_relaxation"] for r in mine)
+            n_pool = mine[0]["settings"]["n_search"]
+            print(
+                f"  {SYSTEMS[system][0]}: {hits} of {starts} random symmetric starts relax into "
+                f"the reference ({100 * rate:.1f}%), {per:.0f} oracle calls per relaxation: "
+                f"random search expects {per / rate:.0f} calls to the first hit; a search pool "
+                f"of {n_pool} holds such a start with probability {1 - (1 - rate) ** n_pool:.0%}"
+            )
         bound = ">=" if any(r["random_calls_to_reference"] is None for r in mine) else ""
         print(
             f"  {SYSTEMS[system][0]}: mean over seeds: random {bound}{r_mean:.0f} calls to the "
