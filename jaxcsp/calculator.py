@@ -32,7 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcsp import neighbors as nb
+from jaxcsp import parallel
 from jaxcsp.crystal import Crystals
+from jaxcsp.errors import InvalidStructureError
 from jaxcsp.potentials._base import Potential, check_species
 
 __all__ = [
@@ -147,8 +150,6 @@ _calculate_jit = jax.jit(calculate_with_neighbors)
 
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _calculate_with_update_jit(potential: Potential, crystals: Crystals, spec: Any):
-    from jaxcsp import neighbors as nb
-
     nl = nb.update(spec, crystals)
     return calculate_with_neighbors(potential, crystals, nl), jnp.any(nl.overflow)
 
@@ -187,7 +188,6 @@ def build_neighbors(
     """
     if potential.cutoff is None:
         return None
-    from jaxcsp import neighbors as nb
 
     cutoff = float(potential.cutoff) + float(skin)
     spec = nb.neighbor_list_spec(crystals, cutoff, backend=backend, capacity_headroom=0.0)
@@ -227,15 +227,12 @@ def calculate(
     if neighbors is None:
         neighbors = build_neighbors(potential, crystals, backend=backend)
     elif bool(np.any(np.asarray(neighbors.overflow))):
-        from jaxcsp.errors import InvalidStructureError
-
         b = int(np.argmax(np.asarray(neighbors.overflow)))
         raise InvalidStructureError(
             "neighbor list overflowed; rebuild it", index=b, field="neighbors", source=source
         )
     if mesh is None:
         return _calculate_jit(potential, crystals, neighbors)
-    from jaxcsp import parallel
 
     n = int(crystals.batch_size)
     size = parallel.padded_size(n, mesh)

@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcsp.errors import InvalidStructureError
+from jaxcsp.elements import atomic_numbers
+from jaxcsp.errors import InvalidStructureError, check_real
 
 __all__ = [
     "MIN_DISTANCE",
@@ -240,8 +241,6 @@ def _as_float_array(x: Any, field: str, source: str | None) -> np.ndarray:
 
 
 def _species_array(species: Any, source: str | None) -> np.ndarray:
-    from jaxcsp.elements import atomic_numbers
-
     try:
         arr = np.asarray(species)
     except ValueError as e:
@@ -390,8 +389,6 @@ def find_overlaps(
     >>> print(find_overlaps(c)[0])
     structure 0, field 'frac': atoms 0 and 1 are 0.030 Å apart (closer than 0.1 Å)
     """
-    from jaxcsp.errors import check_real
-
     r = float(check_real("min_distance", min_distance, unit="Å"))
     lat = np.asarray(crystals.lattice, np.float64)
     frac = np.asarray(crystals.frac, np.float64)

@@ -28,6 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from jaxcsp.design import design
+from jaxcsp.elements import chemical_symbols
+from jaxcsp.errors import StructureFileError
+from jaxcsp.models.cvae import crystal_columns
+from jaxcsp.search._dedup import deduplicate
+from jaxcsp.symmetry import from_pyxtal, from_tabular, reconstruct, to_pyxtal, to_tabular
+
 __all__ = ["SHIPPED_CARBON_SP2", "build_carbon_sp2", "load_carbon_sp2", "read_table", "write_table"]
 
 #: the dataset shipped with the package
@@ -96,10 +103,6 @@ def build_carbon_sp2(
     Returns:
       :class:`~jaxcsp.symmetry.WyckoffCrystals` of the rows (8 site slots).
     """
-    from jaxcsp.design import design
-    from jaxcsp.search._dedup import deduplicate
-    from jaxcsp.symmetry import from_pyxtal, reconstruct, to_pyxtal
-
     res = design(candidates, seed=seed, steps=steps, progress=progress, dtype=dtype)
     idx = np.flatnonzero(res.valid)
     parents = res.final.take(idx)
@@ -109,8 +112,6 @@ def build_carbon_sp2(
     for x in to_pyxtal(parents):
         family += _subgroup_family(x, depth, 8)
     wc = from_pyxtal(family, max_sites=8, dtype=dtype)
-    from jaxcsp.models.cvae import crystal_columns
-    from jaxcsp.symmetry import to_tabular
 
     rows = to_tabular(wc, angles="degrees")
     _, mask = crystal_columns(wc)
@@ -141,9 +142,6 @@ def write_table(path: str | os.PathLike, wc: Any, *, header: str = "") -> None:
       wc: :class:`~jaxcsp.symmetry.WyckoffCrystals` of one element with at most 8 sites.
       header: a comment line recorded at the top (e.g. the command that made the rows).
     """
-    from jaxcsp.elements import chemical_symbols
-    from jaxcsp.symmetry import to_tabular
-
     rows = to_tabular(wc, angles="degrees")
     species = np.unique(np.asarray(wc.site_species)[np.asarray(wc.site_mask)])
     element = chemical_symbols([int(species[0])])[0] if len(species) == 1 else "X"
@@ -168,9 +166,6 @@ def read_table(path: str | os.PathLike, *, dtype: Any = None) -> Any:
       StructureFileError: the file cannot be read.
       InvalidStructureError: a bad row (naming the row and field).
     """
-    from jaxcsp.errors import StructureFileError
-    from jaxcsp.symmetry import from_tabular
-
     element = "C"
     try:
         with open(path) as f:

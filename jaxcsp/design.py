@@ -35,7 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcsp.descriptors import SO3Settings
+from jaxcsp.descriptors import SO3Settings, reference_spectrum, valid_environment
+from jaxcsp.io import connect_db, write_db
+from jaxcsp.optimize.descriptor import loss_cutoff, optimize_wyckoff, site_edge_spec
+from jaxcsp.symmetry import random_crystals, reconstruct, to_pyxtal
 
 __all__ = [
     "DesignResult",
@@ -78,8 +81,6 @@ def generate_candidates(
       :class:`~jaxcsp.symmetry.WyckoffCrystals` with ``n`` crystals, padded to
       ``S = N = max(sizes)``.
     """
-    from jaxcsp.symmetry import random_crystals
-
     sizes = [int(s) for s in sizes]
     top = max(sizes)
     order = np.arange(n)
@@ -202,7 +203,6 @@ def _site_mask(wc: Any) -> np.ndarray:
 def _resume_rows(db: str | os.PathLike | None, seed: int, n: int) -> dict[int, dict]:
     if db is None or not os.path.exists(os.fspath(db)):
         return {}
-    from jaxcsp.io import connect_db
 
     out = {}
     with connect_db(db) as con:
@@ -257,11 +257,6 @@ def design(
     Returns:
       :class:`DesignResult`.
     """
-    from jaxcsp.descriptors import reference_spectrum, valid_environment
-    from jaxcsp.io import write_db
-    from jaxcsp.optimize.descriptor import loss_cutoff, optimize_wyckoff, site_edge_spec
-    from jaxcsp.symmetry import reconstruct
-
     ref = reference_spectrum(reference, settings)
     wc = generate_candidates(jax.random.key(seed), n, element=element, sizes=sizes, dtype=dtype)
     done = _resume_rows(db, seed, n)
@@ -474,8 +469,6 @@ def pyxtal_baseline(
         sp.sph_harm = lambda m, l, az, pol: sp.sph_harm_y(l, m, pol, az)
     from pyxtal import pyxtal
     from pyxtal.lego.builder import builder
-
-    from jaxcsp.symmetry import to_pyxtal
 
     idx = np.arange(wc.batch_size) if indices is None else np.asarray(indices, int)
     tmp = tempfile.mkdtemp(prefix="pyxtal_lego_") if workdir is None else os.fspath(workdir)

@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxcsp.errors import InvalidArgumentError
+
 __all__ = [
     "BATCH_AXIS",
     "batch_mesh",
@@ -68,8 +70,6 @@ def batch_mesh(devices: Sequence[Any] | int | None = None) -> Mesh:
     elif isinstance(devices, int):
         all_devs = jax.devices()
         if not 1 <= devices <= len(all_devs):
-            from jaxcsp.errors import InvalidArgumentError
-
             raise InvalidArgumentError(
                 f"choose 1..{len(all_devs)} devices (JAX sees {len(all_devs)}), got {devices}",
                 argument="devices",
@@ -159,8 +159,6 @@ def check_divisible(n: int, mesh: Mesh | None, *, argument: str, what: str) -> N
       InvalidArgumentError: ``n`` is not a multiple of the mesh size (naming ``argument``).
     """
     if mesh is not None and n % mesh.size:
-        from jaxcsp.errors import InvalidArgumentError
-
         raise InvalidArgumentError(
             f"{what} ({n}) must be a multiple of the mesh's {mesh.size} devices",
             argument=argument,

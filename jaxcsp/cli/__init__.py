@@ -14,6 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from jaxcsp import __version__
 from jaxcsp.cli import bench, convert, dataset, design, info, relax, search, train
 from jaxcsp.errors import JaxcspError
 
@@ -43,8 +44,6 @@ environment:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level argument parser with every registered subcommand."""
-    from jaxcsp import __version__
-
     parser = argparse.ArgumentParser(
         prog="jaxcsp",
         description=_DESCRIPTION,

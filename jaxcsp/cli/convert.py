@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from jaxcsp.io import read, write, write_db
+
 NAME = "convert"
 HELP = "convert structure files between formats (anything ASE reads/writes)"
 DESCRIPTION = """\
@@ -24,8 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     from ase.io.formats import filetype
-
-    from jaxcsp.io import read, write, write_db
 
     crystals = read(args.input, index=args.index, format=args.in_format)
     if args.wrap:

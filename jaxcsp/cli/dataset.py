@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from jaxcsp.cli._common import add_progress_flag
+from jaxcsp.datasets import build_carbon_sp2
+from jaxcsp.errors import check_int
 
 NAME = "dataset"
 HELP = "build the sp2 carbon training set (design, CN=3, dedup, subgroup augmentation)"
@@ -30,9 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-
-    from jaxcsp.datasets import build_carbon_sp2
-    from jaxcsp.errors import check_int
 
     check_int("--candidates", args.candidates)
     check_int("--steps", args.steps, minimum=0)

@@ -7,6 +7,11 @@ import argparse
 import numpy as np
 
 from jaxcsp.cli._common import add_progress_flag
+from jaxcsp.datasets import load_carbon_sp2, read_table
+from jaxcsp.design import design, loss_histogram
+from jaxcsp.errors import InvalidStructureError, check_int
+from jaxcsp.models.cvae import load_cvae, shipped_cvae
+from jaxcsp.search._dual import dual_level, plot_dual_level
 
 NAME = "design"
 HELP = "optimise random symmetric carbon toward graphite's SO(3) spectrum; count CN=3 hits"
@@ -88,11 +93,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _dual(args: argparse.Namespace) -> int:
-    from jaxcsp.datasets import load_carbon_sp2, read_table
-    from jaxcsp.errors import check_int
-    from jaxcsp.models.cvae import load_cvae, shipped_cvae
-    from jaxcsp.search._dual import dual_level, plot_dual_level
-
     check_int("--n", args.n)
     check_int("--rounds", args.rounds)
     check_int("--steps", args.steps, minimum=0)
@@ -138,9 +138,6 @@ def _dual(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxcsp.design import design, loss_histogram
-    from jaxcsp.errors import InvalidStructureError
-
     if args.workflow == "dual-level":
         return _dual(args)
     if args.n < 1 or args.batch_size < 1 or args.steps < 0:

@@ -8,6 +8,8 @@ import warnings
 
 import numpy as np
 
+from jaxcsp.io import read, to_ase
+
 NAME = "info"
 HELP = "summarise structures: formula, cell, volume, density, space group"
 DESCRIPTION = """\
@@ -36,8 +38,6 @@ def summarize(crystals, symprec: float = 1e-3) -> list[dict]:
       (international symbol and number, or ``None`` if spglib finds none).
     """
     import spglib
-
-    from jaxcsp.io import to_ase
 
     rows = []
     for atoms in to_ase(crystals):
@@ -69,8 +69,6 @@ def summarize(crystals, symprec: float = 1e-3) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
-
-    from jaxcsp.io import read
 
     console = Console(width=max(Console().width, 140))
     for path in args.files:

@@ -6,7 +6,12 @@ import argparse
 import pathlib
 from typing import Any
 
+from jaxcsp import potentials
 from jaxcsp.cli._common import add_progress_flag
+from jaxcsp.errors import JaxcspError, check_real
+from jaxcsp.io import connect_db
+from jaxcsp.optimize import relax_stream
+from jaxcsp.optimize._relax import _check_args
 
 NAME = "relax"
 HELP = "relax many structures with a potential (batched BFGS+line search / FIRE / L-BFGS)"
@@ -64,9 +69,6 @@ def _kv(text: str) -> dict[str, Any]:
 
 def make_potential(spec: str):
     """Build a potential from a CLI spec such as ``"lj:sigma=3.4,epsilon=0.0104"``."""
-    from jaxcsp import potentials
-    from jaxcsp.errors import JaxcspError
-
     name, _, rest = spec.partition(":")
     name = name.strip().lower()
     if name in ("lj", "lennard_jones"):
@@ -83,7 +85,7 @@ def make_potential(spec: str):
         path = rest or str(pathlib.Path(pyxtal.__file__).parent / "potentials" / "Si.tersoff")
         return potentials.tersoff(path)
     if name in ("sevennet", "chgnet"):
-        from jaxcsp.potentials import external
+        from jaxcsp.potentials import external  # the torch MLIPs (optional extra): lazily
 
         return getattr(external, name)()
     raise JaxcspError(
@@ -95,11 +97,6 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ase.units import GPa
-
-    from jaxcsp.errors import check_real
-    from jaxcsp.io import connect_db
-    from jaxcsp.optimize import relax_stream
-    from jaxcsp.optimize._relax import _check_args
 
     # bad options and an unusable output fail on one line before a potential is even built
     _check_args(

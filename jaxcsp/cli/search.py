@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from jaxcsp import search
 from jaxcsp.cli._common import add_progress_flag
+from jaxcsp.cli.relax import make_potential
+from jaxcsp.errors import check_int, check_real
+from jaxcsp.io import connect_db
 
 NAME = "search"
 HELP = "search for the lowest-energy crystal structures of a composition"
@@ -270,8 +274,6 @@ def _init_db(db: str, k: int) -> str:
 
 def _generator(init: str, rules: dict):
     """The basin-hopping generator of an ``--init`` value (``random`` or ``pool:FILE``)."""
-    from jaxcsp import search
-
     if init == "random":
         return None
     kind, _, path = init.partition(":")
@@ -359,11 +361,6 @@ def _baseline_db(db: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ase.units import GPa
-
-    from jaxcsp import search
-    from jaxcsp.cli.relax import make_potential
-    from jaxcsp.errors import check_int, check_real
-    from jaxcsp.io import connect_db
 
     # every option and the output path are checked before a potential is built
     budget = args.budget

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from jaxcsp.cli._common import add_progress_flag
+from jaxcsp.datasets import load_carbon_sp2, read_table
+from jaxcsp.models.cvae import save_cvae, train_cvae
 
 NAME = "train"
 HELP = "train the symmetry-conditioned VAE on tabular crystals (CSV from `jaxcsp dataset`)"
@@ -34,9 +36,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxcsp.datasets import load_carbon_sp2, read_table
-    from jaxcsp.models.cvae import save_cvae, train_cvae
-
     wc = load_carbon_sp2() if args.data is None else read_table(args.data)
     model = train_cvae(
         wc,

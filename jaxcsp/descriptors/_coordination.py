@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcsp.crystal import Crystals
+from jaxcsp.elements import atomic_numbers
 from jaxcsp.errors import InvalidStructureError
+from jaxcsp.neighbors import distances, edge_list_vectors, neighbor_list
 
 __all__ = [
     "PYXTAL_BOND_FACTOR",
@@ -96,7 +98,6 @@ def _neighbors(crystals: Crystals, neighbors: Any, cutoff: float):
             "pass `neighbors` inside jit (jaxcsp.neighbors.neighbor_list_spec + update)",
             field="neighbors",
         )
-    from jaxcsp.neighbors import neighbor_list
 
     return neighbor_list(crystals, cutoff)
 
@@ -127,8 +128,6 @@ def coordination_numbers(
 
 @jax.jit
 def _coordination(crystals: Crystals, nl: Any, table: Array) -> Array:
-    from jaxcsp.neighbors import distances
-
     d = distances(crystals, nl)
     bonded = nl.mask & (d < _pair_cutoffs(crystals, nl.index, table))
     return jnp.sum(bonded & crystals.mask[..., None], axis=-1, dtype=jnp.int32)
@@ -164,8 +163,6 @@ def valid_environment(
 
 
 def _allowed_table(target: Any) -> np.ndarray:
-    from jaxcsp.elements import atomic_numbers
-
     def as_list(v):
         vals = [int(v)] if np.ndim(v) == 0 else [int(x) for x in v]
         if not vals or any(x < 0 for x in vals):
@@ -212,8 +209,6 @@ def smooth_coordination_numbers(
     Returns:
       ``(B, N)`` float coordination numbers (dtype of ``crystals.frac``), 0 for padding.
     """
-    from jaxcsp.neighbors import distances
-
     table = bond_cutoffs(factor, radii)
     reach = taper * width
     nl = _neighbors(
@@ -248,8 +243,6 @@ def smooth_coordination_numbers_edge_list(
     Returns:
       ``(B, R)`` float coordination numbers of the rows' centers (0 for rows without edges).
     """
-    from jaxcsp.neighbors import edge_list_vectors
-
     table = jnp.asarray(bond_cutoffs(factor, radii), crystals.frac.dtype)
     reach = taper * width
     b = crystals.mask.shape[0]

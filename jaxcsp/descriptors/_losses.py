@@ -26,7 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcsp import io
 from jaxcsp.crystal import Crystals
+from jaxcsp.descriptors._coordination import (
+    smooth_coordination_numbers,
+    smooth_coordination_numbers_edge_list,
+)
 from jaxcsp.descriptors._so3 import (
     SO3Settings,
     _as_settings,
@@ -34,8 +39,19 @@ from jaxcsp.descriptors._so3 import (
     _check_max_edges,
     _spectrum,
     so3_power_spectrum,
+    so3_power_spectrum_edge_list,
 )
 from jaxcsp.errors import InvalidStructureError
+from jaxcsp.io import read
+from jaxcsp.neighbors import (
+    EdgeListSpec,
+    edge_list,
+    edge_list_spec,
+    edge_list_vectors,
+    edge_vectors,
+    update,
+)
+from jaxcsp.symmetry import reconstruct
 
 __all__ = [
     "WEIGHTINGS",
@@ -56,8 +72,6 @@ _STRUCTURES = pathlib.Path(__file__).resolve().parents[1] / "data" / "structures
 
 @functools.lru_cache(maxsize=32)
 def _reference_cached(name: str, atom: int, settings: SO3Settings) -> np.ndarray:
-    from jaxcsp.io import read
-
     path = _STRUCTURES / f"{name}.cif"
     if not path.exists():
         have = sorted(p.stem for p in _STRUCTURES.glob("*.cif"))
@@ -110,7 +124,6 @@ def reference_spectrum(
         return _reference_from(
             structure.take([0]) if structure.batch_size > 1 else structure, atom, settings
         )
-    from jaxcsp import io
 
     if isinstance(structure, (str, pathlib.Path)):
         return _reference_from(io.read(structure), atom, settings)
@@ -228,16 +241,12 @@ def descriptor_loss(
       InvalidStructureError: unknown ``weighting``, a neighbor list whose cutoff is below
         ``settings.rcut``, an edge list whose rows are not the batch's sites.
     """
-    from jaxcsp.neighbors import update
-    from jaxcsp.symmetry import reconstruct
-
     settings = _as_settings(settings)
     max_edges = _check_max_edges(max_edges)
     if weighting not in WEIGHTINGS:
         raise InvalidStructureError(
             f"weighting must be one of {WEIGHTINGS}, got {weighting!r}", field="weighting"
         )
-    from jaxcsp.neighbors import EdgeListSpec, edge_list
 
     if edges is None and isinstance(spec, EdgeListSpec):
         edges = edge_list(spec, reconstruct(wc, wrap=False))
@@ -276,8 +285,6 @@ def descriptor_loss(
     w = mult if weighting == "multiplicity" else wc.site_mask
     loss = spectrum_loss(p, reference, w, per_component=per_component)
     if cn_weight:
-        from jaxcsp.descriptors._coordination import smooth_coordination_numbers
-
         scn = smooth_coordination_numbers(
             c, width=cn_width, taper=cn_reach / cn_width, neighbors=nl
         )
@@ -307,11 +314,6 @@ def _edge_list_loss(
     cn_reach: float,
 ) -> tuple[Array, dict[str, Array]]:
     """:func:`descriptor_loss` from a sparse edge list of the site representatives."""
-    from jaxcsp.descriptors._coordination import smooth_coordination_numbers_edge_list
-    from jaxcsp.descriptors._so3 import so3_power_spectrum_edge_list
-    from jaxcsp.neighbors import edge_list_vectors
-    from jaxcsp.symmetry import reconstruct
-
     c = reconstruct(wc, wrap=False)
     s = wc.site_mask.shape[-1]
     if edges.num_rows != s:
@@ -345,9 +347,6 @@ def _edge_list_loss(
 def edge_list_spec_for_sites(wc: Any, cutoff: float, **kwargs: Any) -> Any:
     """:func:`jaxcsp.neighbors.edge_list_spec` for the Wyckoff sites' representative atoms of
     ``reconstruct(wc, wrap=False)`` (host side; ``kwargs`` go to ``edge_list_spec``)."""
-    from jaxcsp.neighbors import edge_list_spec
-    from jaxcsp.symmetry import reconstruct
-
     centers, _ = site_centers(wc)
     return edge_list_spec(
         reconstruct(wc, wrap=False), cutoff, centers=centers, center_mask=wc.site_mask, **kwargs
@@ -356,8 +355,6 @@ def edge_list_spec_for_sites(wc: Any, cutoff: float, **kwargs: Any) -> Any:
 
 def _count_edges(c: Crystals, nl: Any, centers: Array, site_mask: Array, rcut: float) -> Array:
     """Edges within ``rcut`` of the real site centers of the batch (``()`` int32)."""
-    from jaxcsp.neighbors import edge_vectors
-
     v = edge_vectors(c, nl)  # (B, N, K, 3)
     live = nl.mask & (jnp.sum(v * v, axis=-1) < rcut**2)
     per_site = jnp.take_along_axis(jnp.sum(live, axis=-1), centers, axis=1)

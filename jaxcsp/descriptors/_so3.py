@@ -53,6 +53,7 @@ import numpy as np
 
 from jaxcsp.crystal import Crystals
 from jaxcsp.errors import InvalidArgumentError, InvalidStructureError
+from jaxcsp.neighbors import _round_up, edge_list_vectors, neighbor_list
 
 __all__ = [
     "SO3Basis",
@@ -479,8 +480,6 @@ def _auto_max_edges(
     Returns:
       the capacity (``int``), or ``None`` (the dense path) when any input is traced.
     """
-    from jaxcsp.neighbors import _round_up
-
     settings = _as_settings(settings)
     arrays = (crystals, neighbors.index, neighbors.shift, neighbors.mask, centers)
     if not _is_concrete(*arrays):
@@ -548,7 +547,6 @@ def so3_power_spectrum(
                 "neighbor_list_spec outside and jaxcsp.neighbors.update inside)",
                 field="neighbors",
             )
-        from jaxcsp.neighbors import neighbor_list
 
         neighbors = neighbor_list(crystals, rcut)
     elif neighbors.cutoff < rcut * (1 - 1e-12):
@@ -694,8 +692,6 @@ def so3_power_spectrum_edge_list(
       InvalidArgumentError: ``settings`` is not an :class:`SO3Settings`.
       InvalidStructureError: an edge list whose cutoff is below ``settings.rcut``.
     """
-    from jaxcsp.neighbors import edge_list_vectors
-
     settings = _as_settings(settings)
     if edges.cutoff < settings.rcut * (1 - 1e-12):
         raise InvalidStructureError(

@@ -47,9 +47,12 @@ from jaxcsp.errors import (
     InvalidStructureError,
     JaxcspError,
     StructureFileError,
+    check_int,
+    check_real,
 )
 from jaxcsp.models._checkpoint import restore_msgpack, write_msgpack
 from jaxcsp.models.gmm import GMMTransform, fit_gmm_transform
+from jaxcsp.symmetry import validate_free_variables
 
 __all__ = [
     "CVAE",
@@ -129,8 +132,6 @@ def crystal_columns(wc: Any) -> tuple[np.ndarray, np.ndarray]:
       InvalidStructureError: a crystal with more than 8 sites (field ``"wyckoff"``) or
         non-finite free variables (fields ``"cell"`` / ``"coords"``).
     """
-    from jaxcsp.symmetry import validate_free_variables
-
     _check_slots(wc)
     validate_free_variables(wc)
     cell = np.asarray(wc.cell, np.float64)
@@ -542,8 +543,6 @@ def train_cvae(
       InvalidArgumentError: bad settings, fewer than 2 training rows, or several species.
       InvalidStructureError: crystals with more than 8 sites or non-finite free variables.
     """
-    from jaxcsp.errors import check_int, check_real
-
     epochs = check_int("epochs", epochs, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     check_real("learning_rate", learning_rate)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcsp.descriptors._so3 import SO3Settings, _as_settings
+from jaxcsp.errors import InvalidArgumentError
 from jaxcsp.models.cvae import (
     CVAE,
     MAX_SLOTS,
@@ -32,6 +33,13 @@ from jaxcsp.models.cvae import (
     apply_columns,
     condition_vector,
     decode_columns,
+)
+from jaxcsp.optimize.descriptor import (
+    _wyckoff_loss,
+    descriptor_loop,
+    descriptor_optimizer,
+    loss_cutoff,
+    site_edge_spec,
 )
 
 __all__ = ["LatentResult", "refine_latents"]
@@ -52,8 +60,6 @@ class _Decoder:
 
 
 def _latent_optimizer(static: tuple, wc: Any) -> Any:
-    from jaxcsp.optimize.descriptor import descriptor_optimizer
-
     kw = dict(static[0])
     lr = kw.pop("learning_rate")
     bound = kw.pop("bound")
@@ -132,14 +138,6 @@ def refine_latents(
       InvalidArgumentError: ``model`` is the unconditional VAE, bad ``init``, ``settings``
         not an :class:`~jaxcsp.descriptors.SO3Settings`.
     """
-    from jaxcsp.errors import InvalidArgumentError
-    from jaxcsp.optimize.descriptor import (
-        _wyckoff_loss,
-        descriptor_loop,
-        loss_cutoff,
-        site_edge_spec,
-    )
-
     settings = _as_settings(settings)
     if not model.conditional:
         raise InvalidArgumentError(

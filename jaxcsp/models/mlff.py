@@ -59,10 +59,15 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
+from jaxcsp import neighbors as nb
 from jaxcsp import parallel
+from jaxcsp.calculator import calculate_with_neighbors
 from jaxcsp.crystal import Crystals
-from jaxcsp.errors import InvalidStructureError, check_int, check_real
+from jaxcsp.errors import InvalidArgumentError, InvalidStructureError, check_int, check_real
 from jaxcsp.models._checkpoint import restore_msgpack, write_msgpack
+from jaxcsp.optimize._relax import _spec_for
+from jaxcsp.potentials import Potential, check_species
+from jaxcsp.potentials._base import edge_vectors_single, species_tuple
 
 __all__ = [
     "EnsembleHistory",
@@ -176,8 +181,6 @@ def _types(species_z: tuple[int, ...], atomic_numbers: Array) -> Array:
 
 def _member_atoms(net, stats, crystal: Crystals, neighbors, options) -> tuple[Array, Array]:
     """``(N,)`` atomic energies (eV, padding zero) and ``(N, F)`` features of one member."""
-    from jaxcsp.potentials._base import edge_vectors_single
-
     species_z, cfg, compute = options
     dtype = crystal.frac.dtype
     vec = edge_vectors_single(crystal, neighbors)  # geometry in the input's precision
@@ -209,8 +212,6 @@ def _ensemble_energy(params, crystal, neighbors, options) -> Array:
 
 
 def _member_potential(params, options):
-    from jaxcsp.potentials import Potential
-
     species_z, cfg, _ = options
     return Potential(
         _member_energy, params, cutoff=float(cfg.cutoff), species=species_z,
@@ -220,7 +221,6 @@ def _member_potential(params, options):
 
 def _member_results(params, crystals: Crystals, neighbors, options):
     """Energies ``(M, B)``, forces ``(M, B, N, 3)`` and stresses ``(M, B, 3, 3)`` per member."""
-    from jaxcsp.calculator import calculate_with_neighbors
 
     def one(net):
         r = calculate_with_neighbors(
@@ -362,8 +362,6 @@ class MLFFEnsemble:
         except TypeError:  # not a dtype at all
             name = "invalid"
         if name not in (None, "float32", "float64"):
-            from jaxcsp.errors import InvalidArgumentError
-
             raise InvalidArgumentError(
                 f"compute_dtype must be None, float32 or float64, got {dtype!r}",
                 argument="compute_dtype",
@@ -384,8 +382,6 @@ class MLFFEnsemble:
             threshold measures the spread against the forces that still matter. A traced
             value: changing it compiles nothing.
         """
-        from jaxcsp.potentials import Potential
-
         params = self.params
         if force_floor:
             check_real("force_floor", force_floor, positive=False)
@@ -401,10 +397,6 @@ class MLFFEnsemble:
         )
 
     def _neighbors(self, crystals: Crystals):
-        from jaxcsp import neighbors as nb
-        from jaxcsp.optimize._relax import _spec_for
-        from jaxcsp.potentials import check_species
-
         pot = self.potential()
         check_species(pot, crystals, source="mlff ensemble input")
         # the relaxation driver's shape choice: quantized capacity, and an earlier spec of this
@@ -465,8 +457,6 @@ def init_ensemble(
       num_members: ``M`` (the seed uses 5).
       features, num_interactions, num_rbf, cutoff: :class:`MLFFConfig` (cutoff in Å).
     """
-    from jaxcsp.potentials._base import species_tuple
-
     num_members = check_int("num_members", num_members, minimum=1)
     check_real("cutoff", cutoff, unit="Å")
     cfg = MLFFConfig(
@@ -752,16 +742,12 @@ def train_ensemble(
       InvalidStructureError: an element outside ``species`` or the warm-start ensemble.
       InvalidArgumentError: a bad hyperparameter, or ``M`` not a multiple of the mesh size.
     """
-    from jaxcsp.potentials._base import species_tuple
-
     check_real("learning_rate", learning_rate)
     batch_size = check_int("batch_size", batch_size)
     max_epochs = check_int("max_epochs", max_epochs)
     patience = check_int("patience", patience, minimum=0)
     check_real("outlier_sigma", outlier_sigma)
     if not 0.0 <= float(val_fraction) < 1.0:
-        from jaxcsp.errors import InvalidArgumentError
-
         raise InvalidArgumentError(
             f"val_fraction must be in [0, 1), got {val_fraction!r}",
             argument="val_fraction",
@@ -781,7 +767,6 @@ def train_ensemble(
         warm = False
     else:
         warm = True
-    from jaxcsp.potentials import check_species
 
     check_species(ensemble.potential(), data.crystals, source="training data")
 

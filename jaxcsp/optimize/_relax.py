@@ -37,8 +37,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcsp.crystal import Crystals
+from jaxcsp import neighbors as nb
+from jaxcsp import parallel
+from jaxcsp.calculator import calculate, calculate_with_neighbors
+from jaxcsp.crystal import Crystals, find_overlaps
 from jaxcsp.errors import InvalidArgumentError, JaxcspError, check_int, check_real
+from jaxcsp.neighbors import CAPACITY_QUANTUM
 from jaxcsp.optimize._base import (
     EXPLODED,
     INVALID,
@@ -51,6 +55,7 @@ from jaxcsp.optimize._bfgs import bfgs_linesearch
 from jaxcsp.optimize._dofs import Dofs, as_dofs
 from jaxcsp.optimize._fire import fire
 from jaxcsp.optimize._lbfgs import lbfgs
+from jaxcsp.potentials import check_species
 from jaxcsp.runtime import release_compiled_programs
 
 __all__ = [
@@ -168,8 +173,6 @@ def _symmetrize(g: Array, data: RelaxData, cell_filter: Any) -> Array:
 
 
 def _objective(potential, spec, cell_filter: Any) -> Callable:
-    from jaxcsp import neighbors as nb
-
     def total(x, data):
         c = crystals_from_dofs(x, data, cell_filter)
         if spec is None:
@@ -283,8 +286,6 @@ def _init(
 
 def _uncertainty(potential, spec, cell_filter, x, data):
     """``(B,)`` the potential's uncertainty at the DOFs ``x`` (``uncertainty_fn``)."""
-    from jaxcsp import neighbors as nb
-
     c = crystals_from_dofs(x, data, cell_filter)
     nl = None if spec is None else nb.update(spec, jax.lax.stop_gradient(c))
     return potential.uncertainties(c, nl)
@@ -448,8 +449,6 @@ _REUSE_IMAGES, _REUSE_CAPACITY = 2.0, 1.5
 
 def _quantize_capacity(k: int) -> int:
     """Round a capacity up to the grid 8, 12, 16, 24, 32, 48, ... (< 1.5x, few values)."""
-    from jaxcsp.neighbors import CAPACITY_QUANTUM
-
     k = max(int(k), CAPACITY_QUANTUM)
     p = 1 << (k - 1).bit_length()
     return p * 3 // 4 if k <= p * 3 // 4 else p
@@ -466,7 +465,6 @@ def _spec_for(potential, crystals: Crystals, *, backend: str, growth: float = 1.
     """
     if potential.cutoff is None:
         return None
-    from jaxcsp import neighbors as nb
 
     need = nb.neighbor_list_spec(
         crystals,
@@ -630,8 +628,6 @@ def drive(
     Returns:
       The final optimizer state (all ``B`` structures, in input order).
     """
-    from jaxcsp import parallel
-
     static, hyper = split_options(method, options, x0.dtype)
     kw = dict(method=method, options=static, cell_filter=mode, hyper=hyper)
 
@@ -816,9 +812,6 @@ def relax(
         ``min_energy_per_atom`` not finite; an optimizer option the method does not take.
       JaxcspError: unknown method or cell filter.
     """
-    from jaxcsp.crystal import find_overlaps
-    from jaxcsp.potentials import check_species
-
     cell_filter = _choose_dofs(cell_filter, dofs, symmetric)
     _check_args(
         method,
@@ -845,8 +838,6 @@ def relax(
     overlapping = np.array([e is not None for e in find_overlaps(crystals)], bool)
     n_real = int(crystals.batch_size)
     if mesh is not None:
-        from jaxcsp import parallel
-
         size = parallel.padded_size(n_real, mesh)
         crystals = parallel.pad_batch(crystals, size)
         overlapping = np.concatenate([overlapping, np.ones(size - n_real, bool)])  # never move
@@ -911,18 +902,12 @@ def final_results(potential, crystals: Crystals, spec):
 
     Falls back to :func:`jaxcsp.calculator.calculate` (shapes re-chosen) if a list overflows.
     """
-    from jaxcsp import neighbors as nb
-
     nl = None if spec is None else nb.update(spec, crystals)
     if nl is not None and bool(jnp.any(nl.overflow)):
-        from jaxcsp.calculator import calculate
-
         return calculate(potential, crystals, backend=spec.backend)
     return _calc_jit(potential, crystals, nl)
 
 
 @jax.jit
 def _calc_jit(potential, crystals, neighbors):
-    from jaxcsp.calculator import calculate_with_neighbors
-
     return calculate_with_neighbors(potential, crystals, neighbors)

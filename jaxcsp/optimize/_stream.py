@@ -38,8 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcsp.crystal import Crystals
-from jaxcsp.errors import InvalidStructureError, JaxcspError, check_real
+from jaxcsp import parallel
+from jaxcsp.crystal import Crystals, check_overlaps, concatenate, pad
+from jaxcsp.errors import InvalidStructureError, JaxcspError, StructureFileError, check_real
+from jaxcsp.io import connect_db, from_ase, to_ase
 from jaxcsp.optimize._base import RUNNING, STATUS_NAMES, masked_fmax, where_rows
 from jaxcsp.optimize._relax import (
     _after_chunk,
@@ -55,6 +57,7 @@ from jaxcsp.optimize._relax import (
     make_data,
     split_options,
 )
+from jaxcsp.potentials import check_elements, check_species
 from jaxcsp.runtime import release_compiled_programs
 
 __all__ = ["StreamSummary", "relax_stream", "size_class"]
@@ -93,12 +96,8 @@ def _load_source(source: Any) -> list:
     """Inputs as a list of ``ase.Atoms`` (one per input id), or raise for an unreadable source."""
     from ase import Atoms
 
-    from jaxcsp.io import to_ase
-
     if isinstance(source, (str, os.PathLike)):
         import ase.io
-
-        from jaxcsp.errors import StructureFileError
 
         path = os.fspath(source)
         if not os.path.exists(path):
@@ -162,10 +161,6 @@ def _prepare(
     before any row is written. Overlapping atoms, NaN coordinates or a singular cell make
     only that input's row ``invalid``.
     """
-    from jaxcsp.crystal import check_overlaps
-    from jaxcsp.io import from_ase
-    from jaxcsp.potentials import check_elements, check_species
-
     check_elements(potential, [a.numbers for a in images], ids=ids)
     work, skipped, written = [], 0, 0
     for i, atoms in zip(ids, images, strict=True):
@@ -209,8 +204,6 @@ def _lanes(batch: Crystals | None, items: list, n_pad: int, filler: Crystals) ->
     Lanes whose item is ``None`` keep ``batch``'s content (or the ``filler`` structure when
     building the first batch), so every lane always holds a valid crystal.
     """
-    from jaxcsp.crystal import pad
-
     fields = ("lattice", "frac", "species", "mask")
     if batch is None:
         first = pad(filler, n_pad)
@@ -295,8 +288,6 @@ def relax_stream(
         (``index`` = its input id).
       JaxcspError: bad arguments, or a database that holds rows of a different source.
     """
-    from jaxcsp import parallel
-    from jaxcsp.io import connect_db
 
     def place(tree):
         return parallel.shard_batch(tree, mesh)
@@ -359,10 +350,7 @@ def relax_stream(
         lanes: list[_Work | None] = [queue.pop(0) if queue else None for _ in range(slots)]
         batch = _lanes(None, lanes, n_pad, filler)
         # neighbor shapes from every structure of the class, so refills fit
-        from jaxcsp.crystal import concatenate
-        from jaxcsp.crystal import pad as pad_crystals
-
-        everyone = concatenate([pad_crystals(w.crystal, n_pad) for w in classes[n_pad]])
+        everyone = concatenate([pad(w.crystal, n_pad) for w in classes[n_pad]])
         growth = 1.0
         spec = _spec_for(potential, everyone, backend=neighbor_backend)
         before = _programs()
@@ -397,7 +385,6 @@ def relax_stream(
                 s = np.asarray(res.stress)
                 steps = np.asarray(state.steps)
                 calls = np.asarray(state.force_calls)
-                from jaxcsp.io import to_ase
 
                 for k in finished:
                     job = lanes[k]

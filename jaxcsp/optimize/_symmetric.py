@@ -33,6 +33,8 @@ from jaxcsp.optimize._wyckoff_dofs import (
     initial_wyckoff_dofs,
     wyckoff_from_dofs,
 )
+from jaxcsp.potentials import check_species
+from jaxcsp.symmetry import reconstruct
 
 __all__ = ["WyckoffData", "crystals_from_wyckoff_dofs", "relax_wyckoff", "wyckoff_from_dofs"]
 
@@ -72,9 +74,6 @@ def relax_wyckoff(
       ``(wc_final, result)``: the relaxed Wyckoff batch and a
       :class:`~jaxcsp.optimize.RelaxResult` for the reconstructed crystals.
     """
-    from jaxcsp.potentials import check_species
-    from jaxcsp.symmetry import reconstruct
-
     if dofs is not None:
         if not isinstance(dofs, WyckoffFree):
             raise InvalidArgumentError(

@@ -43,8 +43,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcsp import parallel
+from jaxcsp.descriptors import bond_cutoffs, descriptor_loss, edge_list_spec_for_sites
 from jaxcsp.descriptors._so3 import SO3Settings, _as_settings
+from jaxcsp.neighbors import edge_list
 from jaxcsp.runtime import release_compiled_programs
+from jaxcsp.symmetry import (
+    free_variables,
+    normalize_cell,
+    reconstruct,
+    validate_free_variables,
+    with_free_variables,
+)
 
 __all__ = [
     "DescriptorResult",
@@ -492,8 +502,6 @@ def site_edge_spec(
     Returns:
       :class:`~jaxcsp.neighbors.EdgeListSpec`.
     """
-    from jaxcsp.descriptors import edge_list_spec_for_sites
-
     kw: dict[str, Any] = dict(
         capacity_headroom=1.0, cell_headroom=cell_headroom, min_edges_per_row=min_edges_per_site
     )
@@ -508,8 +516,6 @@ def site_edge_spec(
 def loss_cutoff(wc: Any, rcut: float, *, cn_weight: float = 0.0, cn_reach: float = 0.5) -> float:
     """Neighbor cutoff (Å) the loss of :func:`optimize_wyckoff` needs: ``rcut``, or the largest
     bond cutoff of the species present plus ``cn_reach`` when the smooth-CN term is on."""
-    from jaxcsp.descriptors import bond_cutoffs
-
     if not cn_weight:
         return float(rcut)
     z = np.unique(np.asarray(wc.site_species)[np.asarray(wc.site_mask)])
@@ -517,8 +523,6 @@ def loss_cutoff(wc: Any, rcut: float, *, cn_weight: float = 0.0, cn_reach: float
 
 
 def _as_wc(wc: Any, p: dict) -> Any:
-    from jaxcsp.symmetry import with_free_variables
-
     return with_free_variables(wc, p["cell"], p["coords"])
 
 
@@ -542,15 +546,11 @@ def _wyckoff_optimizer(static: tuple, wc: Any) -> Any:
 
 def _normalize_box(values: Any, dtype: Any) -> Array:
     """Cell parameters (Å, degrees) ``(6,)`` normalised like the free variables."""
-    from jaxcsp.symmetry import normalize_cell
-
     return normalize_cell(jnp.asarray(values, dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("loss_kw",))
 def _wyckoff_loss(wc, reference, spec, *, loss_kw):
-    from jaxcsp.descriptors import descriptor_loss
-
     loss, aux = descriptor_loss(wc, reference, spec, **dict(loss_kw))
     return loss, aux["spectra"], aux["overflow"]
 
@@ -569,10 +569,6 @@ def _descriptor_chunk(carry, wc, reference, spec, aux, *, length, static, to_wc,
     builds the optax transformation. Both are static (hashable) so the compiled chunk is
     shared by every call with the same shapes and settings.
     """
-    from jaxcsp.descriptors import descriptor_loss
-    from jaxcsp.neighbors import edge_list
-    from jaxcsp.symmetry import reconstruct
-
     opt = make_opt(static, wc)
     loss_kw = dict(static[1])
 
@@ -733,14 +729,10 @@ def optimize_wyckoff(
     Returns:
       :class:`DescriptorResult`.
     """
-    from jaxcsp.symmetry import free_variables, validate_free_variables
-
     settings = _as_settings(settings)
     validate_free_variables(wc)
     n_real = wc.batch_size
     if mesh is not None:
-        from jaxcsp import parallel
-
         wc = parallel.shard_batch(parallel.pad_batch(wc, parallel.padded_size(n_real, mesh)), mesh)
     dtype = wc.cell.dtype
     reference = jnp.asarray(reference, dtype)

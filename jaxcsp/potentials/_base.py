@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcsp.crystal import Crystals
+from jaxcsp.elements import atomic_numbers, chemical_symbols
 from jaxcsp.errors import InvalidStructureError
 
 __all__ = [
@@ -161,7 +162,6 @@ def species_tuple(
     """Normalise element symbols / atomic numbers to a sorted tuple of unique atomic numbers."""
     if species is None:
         return None
-    from jaxcsp.elements import atomic_numbers
 
     out: list[int] = []
     for s in species:
@@ -184,8 +184,6 @@ def species_table(species: Sequence[int]) -> np.ndarray:
 
 
 def _not_covered(potential: Potential, z: int, atom: int, index: int, source: str | None):
-    from jaxcsp.elements import chemical_symbols
-
     assert potential.species is not None  # both callers return early for species=None
     covered = ", ".join(chemical_symbols(potential.species))
     return InvalidStructureError(

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcsp.crystal import Crystals
-from jaxcsp.errors import JaxcspError
+from jaxcsp.elements import atomic_numbers, chemical_symbols
+from jaxcsp.errors import InvalidStructureError, JaxcspError
 from jaxcsp.potentials._base import (
     Potential,
     accumulator_dtype,
@@ -182,9 +183,6 @@ def read_tersoff_file(path: str | os.PathLike) -> tuple[tuple[int, ...], dict[st
         out-of-range values (``m`` not 1 or 3, non-positive ``R``, ``D``, ``n``, ``d``, ...),
         duplicate or missing triplets; the message names the file and line.
     """
-    from jaxcsp.elements import atomic_numbers
-    from jaxcsp.errors import InvalidStructureError
-
     path = str(path)
     try:
         with open(path) as fh:
@@ -247,8 +245,6 @@ def read_tersoff_file(path: str | os.PathLike) -> tuple[tuple[int, ...], dict[st
         for key, v in vals.items():
             table[key][i, j, k] = v
     if not seen.all():
-        from jaxcsp.elements import chemical_symbols
-
         i, j, k = np.argwhere(~seen)[0]
         missing = chemical_symbols([order[i], order[j], order[k]])
         raise ParameterFileError(f"missing entry for triplet {' '.join(missing)}", path=path)

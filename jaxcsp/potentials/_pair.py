@@ -33,6 +33,7 @@ import numpy as np
 from jax.scipy.special import erfc
 
 from jaxcsp.crystal import Crystals
+from jaxcsp.elements import atomic_numbers, chemical_symbols
 from jaxcsp.errors import InvalidStructureError
 from jaxcsp.potentials._base import (
     Potential,
@@ -182,8 +183,6 @@ def _types(
         return None, np.zeros(119, dtype=np.int32), 1
     sp = species_tuple(species)
     # keep the user's order for matrices: rebuild table in given order
-    from jaxcsp.elements import atomic_numbers
-
     ordered = [atomic_numbers([s])[0] if isinstance(s, str) else int(s) for s in species]
     if len(set(ordered)) != len(ordered):
         raise InvalidStructureError("species must not repeat", field="species")
@@ -390,8 +389,6 @@ def buckingham(
             q[index[species_tuple([el])[0]]] = float(charge)
         missing = set(ordered) - set(species_tuple(list(charges)))
         if missing:
-            from jaxcsp.elements import chemical_symbols
-
             raise InvalidStructureError(
                 f"{name}: no charge given for {chemical_symbols(sorted(missing))}",
                 field="charges",

@@ -495,6 +495,7 @@ def sevennet0(
                     f"no converted {model!r} in {cache_dir() / 'sevennet'}; call "
                     "sevennet0(convert=True) once with the 'mlip' extra installed"
                 )
+            # the torch-checkpoint converter needs the optional 'mlip' extra: imported lazily
             from jaxcsp.potentials._sevennet_convert import convert_sevennet
 
             arch, params = convert_sevennet(model)

@@ -25,7 +25,10 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
 
-from jaxcsp.potentials._base import Potential, species_tuple
+from jaxcsp import neighbors as nb
+from jaxcsp.calculator import _calculate_with_update
+from jaxcsp.io import from_ase
+from jaxcsp.potentials._base import Potential, check_species, species_tuple
 from jaxcsp.potentials._bridge import host_potential
 
 __all__ = ["JaxcspCalculator", "from_ase_calculator"]
@@ -80,10 +83,6 @@ class JaxcspCalculator(Calculator):
     def calculate(self, atoms=None, properties=None, system_changes=all_changes):
         """Compute energy (eV), forces (eV/Å) and stress (Voigt, eV/Å³) for ``atoms``."""
         super().calculate(atoms, properties, system_changes)
-        from jaxcsp import neighbors as nb
-        from jaxcsp.calculator import _calculate_with_update
-        from jaxcsp.io import from_ase
-        from jaxcsp.potentials._base import check_species
 
         n = len(self.atoms)
         if n > self._n_pad:

@@ -55,6 +55,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcsp.crystal import Crystals, concatenate
+from jaxcsp.models import LabelledData, MLFFConfig, train_ensemble
+from jaxcsp.optimize import STATUS_NAMES, relax
 from jaxcsp.search._base import (
     Evaluation,
     InvalidSearchError,
@@ -64,6 +67,7 @@ from jaxcsp.search._base import (
     positive_int,
     record,
 )
+from jaxcsp.symmetry import random_crystals, reconstruct
 
 __all__ = ["active_learning", "cluster_labels", "lowest_clusters"]
 
@@ -290,7 +294,6 @@ def active_learning(
     def _noisy(key, crystals, sigma):
         if sigma <= 0:
             return crystals
-        from jaxcsp.crystal import Crystals
 
         lat = jnp.asarray(crystals.lattice)
         cart = jnp.einsum("bni,bij->bnj", crystals.frac, lat)
@@ -303,8 +306,6 @@ def active_learning(
         return cluster_labels(features, eps=config["cluster_eps"], min_samples=min_samples)
 
     def init(key: jax.Array, composition: tuple[tuple[str, int], ...]):
-        from jaxcsp.symmetry import random_crystals, reconstruct
-
         n_atoms = sum(c for _, c in composition)
         vf, df = config["volume_factor"], config["distance_factor"]
         train_pool = reconstruct(
@@ -342,9 +343,6 @@ def active_learning(
         return state, Proposal(proposal, relax=False, info=info)
 
     def _labels(pop, evaluation: Evaluation):
-        from jaxcsp.crystal import concatenate
-        from jaxcsp.models import LabelledData
-
         e = np.asarray(evaluation.energy, np.float64)
         f = None if evaluation.forces is None else np.asarray(evaluation.forces, np.float64)
         s = None if evaluation.stress is None else np.asarray(evaluation.stress, np.float64)
@@ -373,8 +371,6 @@ def active_learning(
         )
 
     def _relax_pool(pool, potential):
-        from jaxcsp.optimize import STATUS_NAMES, relax
-
         res = relax(
             pool,
             potential,
@@ -401,9 +397,6 @@ def active_learning(
         return e, fmax, np.asarray(pred.features, np.float64)
 
     def step(state: SearchState, evaluation: Evaluation):
-        from jaxcsp.models import MLFFConfig, train_ensemble
-        from jaxcsp.optimize import STATUS_NAMES
-
         state = record(state, evaluation)
         pop = dict(state.population)
         cycle = int(state.iteration)  # cycles completed, this one included
@@ -430,8 +423,6 @@ def active_learning(
         t1 = time.perf_counter()
         potential = ensemble.potential(force_floor=config["relax_fmax"])
         # both pools in one batch: one set of compiled relaxation programs
-        from jaxcsp.crystal import concatenate
-
         n_t = config["n_train"]
         both, status = _relax_pool(concatenate([pop["train_pool"], pop["search_pool"]]), potential)
         train_pool = both.take(np.arange(n_t))

@@ -39,7 +39,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcsp.crystal import Crystals
+from jaxcsp.crystal import Crystals, concatenate
+from jaxcsp.crystal import Crystals as _C
+from jaxcsp.elements import atomic_numbers, chemical_symbols
+from jaxcsp.io import from_ase, read, to_ase
 from jaxcsp.search._base import (
     Evaluation,
     InvalidSearchError,
@@ -57,6 +60,7 @@ from jaxcsp.search._moves import (
     apply_move,
     check_structure,
 )
+from jaxcsp.symmetry import random_crystals, reconstruct
 
 __all__ = ["basin_hopping", "pool_generator", "random_generator"]
 
@@ -84,8 +88,6 @@ def random_generator(
     """
 
     def generate(key, composition, n):
-        from jaxcsp.symmetry import random_crystals, reconstruct
-
         size = max_atoms or sum(composition.values())
         wc = random_crystals(
             key,
@@ -116,9 +118,6 @@ def pool_generator(structures: Any, *, fallback: Generator | None = None) -> Gen
       ``generator(key, composition, n)``: ``n`` pool structures of exactly that composition,
       drawn without replacement (deterministic in ``key``), then the fallback's.
     """
-    from jaxcsp.crystal import Crystals as _C
-    from jaxcsp.io import from_ase, read, to_ase
-
     if isinstance(structures, _C):
         atoms = to_ase(structures)
     elif isinstance(structures, (list, tuple)):
@@ -143,7 +142,6 @@ def pool_generator(structures: Any, *, fallback: Generator | None = None) -> Gen
             parts.append(from_ase([pool[int(i)] for i in order], max_atoms=size, source="pool"))
         if n - take:
             parts.append(fallback(k_fill, composition, n - take))
-        from jaxcsp.crystal import concatenate
 
         return concatenate(parts) if len(parts) > 1 else parts[0]
 
@@ -153,8 +151,6 @@ def pool_generator(structures: Any, *, fallback: Generator | None = None) -> Gen
 
 
 def _formula(comp: tuple[tuple[str, int], ...]) -> tuple[dict[int, int], int]:
-    from jaxcsp.elements import atomic_numbers
-
     counts = [n for _, n in comp]
     z = math.gcd(*counts)
     zs = atomic_numbers([e for e, _ in comp])
@@ -316,8 +312,6 @@ def basin_hopping(
         return ctx, gen, size
 
     def _composition(ctx: MoveContext, units: int) -> dict[str, int]:
-        from jaxcsp.elements import chemical_symbols
-
         return {
             s: c * units
             for s, c in zip(chemical_symbols(list(ctx.formula)), ctx.formula.values(), strict=True)

@@ -36,6 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxcsp.models import FMModel, anneal_fm, train_fm
 from jaxcsp.search._base import (
     Evaluation,
     Method,
@@ -44,6 +45,8 @@ from jaxcsp.search._base import (
     positive_int,
     record,
 )
+from jaxcsp.search._crysim_encoding import crysim_encoding, crysim_length_range, decode, encode
+from jaxcsp.symmetry import random_crystals, reconstruct
 
 __all__ = ["crysim_search"]
 
@@ -105,23 +108,16 @@ def crysim_search(
     encodings: dict[Any, Any] = {}  # host-side layouts, a pure function of (composition, range)
 
     def _encoding(comp, length_range):
-        from jaxcsp.search._crysim_encoding import crysim_encoding
-
         k = (comp, length_range)
         if k not in encodings:
             encodings[k] = crysim_encoding(dict(comp), length_range=length_range, ldr=ldr)
         return encodings[k]
 
     def _random(key, comp, n):
-        from jaxcsp.symmetry import random_crystals
-
         n_atoms = sum(c for _, c in comp)
         return random_crystals(key, dict(comp), n, max_sites=n_atoms, max_atoms=n_atoms, **options)
 
     def init(key: jax.Array, composition: tuple[tuple[str, int], ...]):
-        from jaxcsp.search._crysim_encoding import crysim_length_range, encode
-        from jaxcsp.symmetry import reconstruct
-
         wc = _random(jax.random.fold_in(key, 0), composition, n_initial)
         lo, hi = crysim_length_range(wc)
         length_range = (round(float(lo), 6), round(float(hi), 6))
@@ -139,10 +135,6 @@ def crysim_search(
         return state, Proposal(reconstruct(wc), relax=False)
 
     def step(state: SearchState, evaluation: Evaluation):
-        from jaxcsp.models import FMModel, anneal_fm, train_fm
-        from jaxcsp.search._crysim_encoding import decode, encode
-        from jaxcsp.symmetry import reconstruct
-
         state = record(state, evaluation)
         pop = dict(state.population)
         comp = state.composition

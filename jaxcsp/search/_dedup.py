@@ -46,6 +46,7 @@ import numpy as np
 from jaxcsp import neighbors as nb
 from jaxcsp.crystal import Crystals
 from jaxcsp.errors import InvalidArgumentError, InvalidStructureError, check_int
+from jaxcsp.io import to_pymatgen
 
 __all__ = [
     "DedupInfo",
@@ -334,8 +335,6 @@ class _Judge:
 
     def extend(self, crystals: Crystals) -> None:
         """Append structures (their indices continue the existing ones)."""
-        from jaxcsp.io import to_pymatgen
-
         self.structures.extend(to_pymatgen(crystals))
 
     def reduce(self, i: int) -> None:

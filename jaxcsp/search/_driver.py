@@ -33,8 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcsp.crystal import Crystals
+from jaxcsp.calculator import calculate
+from jaxcsp.crystal import Crystals, concatenate
+from jaxcsp.elements import atomic_numbers, chemical_symbols
 from jaxcsp.errors import InvalidStructureError, JaxcspError
+from jaxcsp.io import connect_db, from_ase, read, to_ase, to_pymatgen
+from jaxcsp.optimize import Dofs, relax, relax_stream
+from jaxcsp.optimize._stream import _fingerprint
 from jaxcsp.search._base import (
     STATUS_CODES,
     Evaluation,
@@ -45,6 +50,10 @@ from jaxcsp.search._base import (
     SearchState,
     record,
 )
+from jaxcsp.search._dedup import Deduplicator
+from jaxcsp.search._metrics import rank, search_metrics
+from jaxcsp.symmetry import compatible_space_groups
+from jaxcsp.symmetry._wpc import parse_composition
 
 __all__ = ["SearchResult", "check_setup", "evaluate", "run"]
 
@@ -112,10 +121,6 @@ def check_setup(composition: Any, potential: Any) -> tuple[tuple[str, int], ...]
         element, a count that is not a positive integer, or a composition no space group can
         hold; ``field="potential"`` for an element the potential does not cover.
     """
-    from jaxcsp.elements import atomic_numbers, chemical_symbols
-    from jaxcsp.symmetry import compatible_space_groups
-    from jaxcsp.symmetry._wpc import parse_composition
-
     try:
         comp = tuple(parse_composition(composition))
         zs = atomic_numbers([el for el, _ in comp])
@@ -152,8 +157,6 @@ def _evaluation_from_rows(
     pressure: float,
     tier_names: list[str],
 ) -> Evaluation:
-    from jaxcsp.io import from_ase
-
     n = proposal.crystals.frac.shape[1]  # atom slots of the proposal
     dtype = proposal.crystals.lattice.dtype
     atoms, energy, status, calls, tiers = [], [], [], [], []
@@ -180,8 +183,6 @@ def _evaluation_from_rows(
     try:
         relaxed = from_ase(atoms, dtype=dtype, max_atoms=n, source="search database")
     except InvalidStructureError:  # a row that cannot be loaded keeps its proposal, invalid
-        from jaxcsp.crystal import concatenate
-
         parts = []
         for k, a in enumerate(atoms):
             try:
@@ -265,9 +266,6 @@ def evaluate(
     Returns:
       :class:`Evaluation` with ``P`` entries in id order.
     """
-    from jaxcsp.io import connect_db, to_ase
-    from jaxcsp.optimize import relax, relax_stream
-
     if proposal.size == 0:  # nothing proposed this iteration: an empty evaluation
         return _empty_evaluation(proposal, iteration, len(oracle.tiers))
     if not proposal.relax:
@@ -384,10 +382,6 @@ def _single_points(proposal, oracle, *, db, first_id, iteration, method, pressur
     """Single-point oracle labels of a proposal (no relaxation), one row each; resume-safe."""
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    from jaxcsp.calculator import calculate
-    from jaxcsp.io import connect_db, to_ase
-    from jaxcsp.optimize._stream import _fingerprint
-
     ids = np.arange(first_id, first_id + proposal.size, dtype=np.int64)
     con = connect_db(db)
     rows = _read_rows(con, ids)
@@ -433,8 +427,6 @@ class _Labels:
     """Archive labels, extended one evaluation at a time (greedy: earlier labels are final)."""
 
     def __init__(self, species, ltol: float, stol: float, angle_tol: float):
-        from jaxcsp.search._dedup import Deduplicator
-
         self.dedup = Deduplicator(ltol=ltol, stol=stol, angle_tol=angle_tol, species=species)
         self.where: list[int] = []  # archive index of each deduplicated (valid) candidate
         self.labels = np.zeros(0, dtype=np.int64)
@@ -461,9 +453,6 @@ def _reference(
     reference: Any, oracle: Oracle, *, fmax, cell_filter, pressure, max_steps, dofs=None
 ):
     """The reference as a batch of one, relaxed on the oracle potential (not counted)."""
-    from jaxcsp.io import from_ase, read
-    from jaxcsp.optimize import relax
-
     if isinstance(reference, (str, os.PathLike)):
         ref = read(reference)
     elif isinstance(reference, Crystals):
@@ -486,8 +475,6 @@ def _reference(
 
 def _match(reference_structures, crystals: Crystals, ltol, stol, angle_tol) -> bool:
     from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    from jaxcsp.io import to_pymatgen
 
     sm = StructureMatcher(ltol=ltol, stol=stol, angle_tol=angle_tol)
     found = to_pymatgen(crystals)[0]
@@ -559,8 +546,6 @@ def run(
         budget or ``max_iterations`` below one, neither given, or a non-positive ``fmax`` —
         all before any compute. JaxcspError: a database that holds another search.
     """
-    from jaxcsp.io import connect_db
-
     if not isinstance(oracle, Oracle):
         oracle = Oracle(oracle)
     comp = check_setup(composition, oracle.potential)
@@ -586,8 +571,6 @@ def run(
             "stop_at_reference needs a reference structure", field="stop_at_reference"
         )
     if dofs is not None:
-        from jaxcsp.optimize import Dofs
-
         if not isinstance(dofs, Dofs):
             raise InvalidSearchError(
                 f"must be a jaxcsp.optimize.Dofs, got {type(dofs).__name__}", field="dofs"
@@ -625,8 +608,6 @@ def run(
 
     ref_structure = ref_energy = None
     if reference is not None:
-        from jaxcsp.io import to_pymatgen
-
         # several references: degenerate ground truths (LJ's fcc and hcp), any one matches
         refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
         ref_structure, energies = [], []
@@ -648,7 +629,6 @@ def run(
     state, proposal = method.init(key, comp)
     rep_match: dict[int, bool] = {}
     labels = np.zeros(0, np.int64)
-    from jaxcsp.elements import atomic_numbers
 
     grouping = _Labels(atomic_numbers([e for e, _ in comp]), ltol, stol, angle_tol)
     matches = np.zeros(0, bool)
@@ -713,8 +693,6 @@ def run(
             state, proposal = method.step(state, ev)
     finally:
         display.close()
-
-    from jaxcsp.search._metrics import rank, search_metrics
 
     assert state.archive is not None
     archive = state.archive

@@ -30,7 +30,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcsp.search._base import Evaluation, Method, Proposal, SearchState, record
+from jaxcsp.descriptors import SO3Settings, reference_spectrum, valid_environment
+from jaxcsp.elements import chemical_symbols
+from jaxcsp.errors import InvalidArgumentError, check_int
+from jaxcsp.io import connect_db, to_ase
+from jaxcsp.models.latent import refine_latents
+from jaxcsp.optimize.descriptor import optimize_wyckoff
+from jaxcsp.potentials import tersoff_carbon
+from jaxcsp.search._base import Evaluation, Method, Oracle, Proposal, SearchState, record
+from jaxcsp.search._driver import _empty_evaluation, run
+from jaxcsp.symmetry import reconstruct
 
 __all__ = [
     "DualLevelPopulation",
@@ -195,10 +204,6 @@ def _scatter(wc: Any, idx: np.ndarray, part: Any) -> Any:
 
 def _rep_stage(wc, idx, ref, *, batch_size, steps, target_cn, kw, bar):
     """Algorithm 1 on rows ``idx`` of ``wc`` in padded batches; returns (wc, loss, valid)."""
-    from jaxcsp.descriptors import valid_environment
-    from jaxcsp.optimize.descriptor import optimize_wyckoff
-    from jaxcsp.symmetry import reconstruct
-
     loss = np.full(len(idx), np.nan)
     valid = np.zeros(len(idx), bool)
     for start in range(0, len(idx), batch_size):
@@ -215,8 +220,6 @@ def _rep_stage(wc, idx, ref, *, batch_size, steps, target_cn, kw, bar):
 
 
 def _latent_stage(model, wc, idx, ref, *, batch_size, steps, init, key, kw, bar):
-    from jaxcsp.models.latent import refine_latents
-
     for start in range(0, len(idx), batch_size):
         part = idx[start : start + batch_size]
         batch = wc.take(_pad(part, batch_size))
@@ -355,10 +358,6 @@ def dual_level_search(
     Raises:
       InvalidArgumentError: bad settings, or a model that is not conditional.
     """
-    from jaxcsp.descriptors import SO3Settings, reference_spectrum
-    from jaxcsp.elements import chemical_symbols
-    from jaxcsp.errors import InvalidArgumentError, check_int
-
     n = check_int("n", n)
     rounds = check_int("rounds", rounds)
     steps = check_int("steps", steps, minimum=0)
@@ -390,8 +389,6 @@ def dual_level_search(
     name = "dual_level" if latent else "algorithm1"
 
     def propose(pop: DualLevelPopulation, r: int) -> Proposal:
-        from jaxcsp.symmetry import reconstruct
-
         new = np.flatnonzero(np.asarray(pop.round) == r)
         pick = new if len(new) else np.zeros(1, int)
         crystals = reconstruct(pop.crystals.take(pick))
@@ -469,8 +466,6 @@ def _baseline_db(db: str | os.PathLike) -> str:
 
 def _by_hand(method: Method, element: str, seed: int, rounds: int) -> DualLevelPopulation:
     """The rounds without an oracle: ``init`` and ``step`` stepped with empty evaluations."""
-    from jaxcsp.search._driver import _empty_evaluation
-
     state, proposal = method.init(jax.random.key(int(seed)), ((element, 1),))
     for it in range(rounds - 1):
         empty = _empty_evaluation(Proposal(proposal.crystals.take(np.zeros(0, int))), it, 0)
@@ -550,9 +545,6 @@ def dual_level(
     """
     import tempfile
 
-    from jaxcsp.elements import chemical_symbols
-    from jaxcsp.errors import check_int
-
     n = check_int("n", n)
     rounds = check_int("rounds", rounds)
     element = chemical_symbols([int(model.species)])[0]
@@ -583,9 +575,6 @@ def dual_level(
                 pops.append(_by_hand(method, element, seed, rounds))
                 screens.append(None)
                 continue
-            from jaxcsp.potentials import tersoff_carbon
-            from jaxcsp.search._base import Oracle
-            from jaxcsp.search._driver import run
 
             assert db is not None  # a temporary one was made above when none was given
             arm_db = db if latent else _baseline_db(db)
@@ -650,9 +639,6 @@ def _progress(progress: bool, total: int):
 
 
 def _rows(pop: DualLevelPopulation, which: np.ndarray, seed: int, method: str) -> list:
-    from jaxcsp.io import to_ase
-    from jaxcsp.symmetry import reconstruct
-
     if not len(which):
         return []
     images = to_ase(reconstruct(pop.crystals.take(which)))
@@ -674,8 +660,6 @@ def _rows(pop: DualLevelPopulation, which: np.ndarray, seed: int, method: str) -
 
 def _write_invalid(db, pop: DualLevelPopulation, seed: int, method: str) -> None:
     """Rows of the candidates that never became valid (idempotent: a rerun adds none twice)."""
-    from jaxcsp.io import connect_db
-
     with connect_db(db) as con:
         have = {int(r.candidate) for r in con.select(valid_env=False)}
         todo = np.asarray(
@@ -687,8 +671,6 @@ def _write_invalid(db, pop: DualLevelPopulation, seed: int, method: str) -> None
 
 def _write(db, pop: DualLevelPopulation, seed: int) -> None:
     """Every candidate's final structure, unscreened (no energies)."""
-    from jaxcsp.io import connect_db
-
     with connect_db(db) as con:
         have = {int(r.candidate) for r in con.select("candidate>=0")}
         todo = np.asarray([i for i in range(len(pop.valid)) if i not in have], int)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxcsp.io import to_ase
 from jaxcsp.search._base import Evaluation
 
 __all__ = ["best_vs_calls", "rank", "search_metrics"]
@@ -129,8 +130,6 @@ def rank(
       ``matches_reference`` (or ``None``).
     """
     import spglib
-
-    from jaxcsp.io import to_ase
 
     labels = np.asarray(labels)
     ok = archive.ok

@@ -22,13 +22,12 @@ from jaxcsp.search._base import (
     positive_int,
     record,
 )
+from jaxcsp.symmetry import random_crystals, reconstruct
 
 __all__ = ["random_search"]
 
 
 def _draw(state: SearchState, batch_size: int, options: dict) -> Proposal:
-    from jaxcsp.symmetry import random_crystals, reconstruct
-
     n_atoms = sum(n for _, n in state.composition)
     key = jax.random.fold_in(state.key, int(state.iteration))
     wc = random_crystals(
