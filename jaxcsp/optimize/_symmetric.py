@@ -53,7 +53,7 @@ def relax_wyckoff(
     chunk: int = 50,
     neighbor_backend: str = "auto",
     progress: bool = False,
-    dofs: Any = None,
+    dofs: WyckoffFree | None = None,
     **options: Any,
 ) -> tuple[Any, RelaxResult]:
     """Relax a ``WyckoffCrystals`` batch in its free variables (symmetry kept by construction).

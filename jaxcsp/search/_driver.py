@@ -240,7 +240,7 @@ def evaluate(
     max_steps: int = 1000,
     optimizer: str = "bfgs_linesearch",
     max_atoms: int = 2048,
-    dofs: Any = None,
+    dofs: Dofs | None = None,
 ) -> Evaluation:
     """Relax a proposal on the oracle (after its cheap tiers) into the database; resume-safe.
 
@@ -443,7 +443,7 @@ class _Labels:
         return self.labels
 
 
-def _dof_args(cell_filter: Any, dofs: Any) -> dict:
+def _dof_args(cell_filter: str | None, dofs: Dofs | None) -> dict:
     """The relaxation's DOF keywords: ``dofs`` when given (``cell_filter`` unused), else the
     cell filter."""
     return dict(cell_filter=cell_filter) if dofs is None else dict(cell_filter=None, dofs=dofs)
@@ -506,7 +506,7 @@ def run(
     max_atoms: int = 2048,
     stop_at_reference: bool = False,
     progress: bool = True,
-    dofs: Any = None,
+    dofs: Dofs | None = None,
 ) -> SearchResult:
     """Run a search method on a composition with an oracle, into an ASE database; resumable.
 
