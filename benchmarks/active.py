@@ -118,9 +118,9 @@ def main(argv=None) -> None:
             bm = rnd.metrics
             # every row of the random run (whole batches are written): the hit rate of a random
             # symmetric start and the mean calls of one oracle relaxation
-            rows = list(connect_db(out / f"{system}_random_{seed}.db").select())
-            hits = sum(bool(r.get("matches_reference", False)) for r in rows)
-            mean_relax = statistics.mean(r.oracle_calls for r in rows)
+            db_rows = list(connect_db(out / f"{system}_random_{seed}.db").select())
+            hits = sum(bool(r.get("matches_reference", False)) for r in db_rows)
+            mean_relax = statistics.mean(r.oracle_calls for r in db_rows)
             r_calls = bm.get("calls_to_reference")
             ratio = (r_calls or bm["oracle_calls"]) / max(1, m["oracle_calls"])
             row = dict(
@@ -136,7 +136,7 @@ def main(argv=None) -> None:
                 random_found=r_calls is not None,
                 random_calls_to_reference=r_calls,
                 random_calls=int(bm["oracle_calls"]),
-                random_starts=len(rows),
+                random_starts=len(db_rows),
                 random_hits=hits,
                 random_mean_calls_per_relaxation=mean_relax,
                 random_wall_s=rnd_wall,
