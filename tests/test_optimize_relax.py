@@ -182,6 +182,7 @@ def test_another_hyperparameter_value_compiles_nothing():
     """``maxstep``/``c1`` (BFGS) and ``dt``/``maxstep`` (FIRE) are traced values: a second call
     with other values reuses the first call's programs, and the values take effect."""
     from jaxcsp.errors import InvalidArgumentError
+    from jaxcsp.optimize import AtomPositions
     from jaxcsp.runtime import CompileCounter
 
     pot = POTENTIALS["sw"]()
@@ -196,6 +197,11 @@ def test_another_hyperparameter_value_compiles_nothing():
             b = relax(c, pot, method=method, max_steps=8, **second)
         assert cc.count == 0, (method, cc.count)
         assert not np.allclose(np.asarray(a.crystals.frac), np.asarray(b.crystals.frac))
+        # the built-in kind as a value is the named mode: the same programs, the same result
+        with CompileCounter() as cc:
+            d = relax(c, pot, method=method, max_steps=8, dofs=AtomPositions(), **second)
+        assert cc.count == 0, (method, "dofs", cc.count)
+        np.testing.assert_array_equal(np.asarray(d.crystals.frac), np.asarray(b.crystals.frac))
     with pytest.raises(InvalidArgumentError, match="maxstp"):
         relax(c, pot, maxstp=0.1)
     with pytest.raises(InvalidArgumentError, match="nmin"):

@@ -144,19 +144,37 @@ def test_rerun_with_other_settings_is_refused(searched):
         jc.search.run(method, "Si8", oracle, db=db, **dict(KW, seed=4))
 
 
-def test_dofs_replace_the_cell_filter(searched, tmp_path):
-    """``dofs=`` takes a :class:`jaxcsp.optimize.Dofs` value: ``FrechetCell()`` is the default
-    ``cell_filter="frechet"`` (the same rows, the same compiled programs); a string is refused."""
+def test_dofs_reach_every_relaxation_of_the_search(tmp_path, monkeypatch):
+    """``dofs=`` goes, in place of the cell filter, to the reference's relaxation and to the
+    oracle's (spies stop the run there; the relaxations themselves are tested in
+    tests/test_optimize_dofs.py) and into the stored settings; a non-Dofs is refused."""
     from jaxcsp.optimize import FrechetCell
+    from jaxcsp.search import _driver
 
-    method, oracle, result, _ = searched
-    db = tmp_path / "dofs.db"
-    again = jc.search.run(method, "Si8", oracle, db=db, dofs=FrechetCell(), **dict(KW))
-    assert again.ranking == result.ranking
-    assert again.metrics["oracle_calls"] == result.metrics["oracle_calls"]
-    assert jc.io.connect_db(db).metadata["search"]["cell_filter"] == "FrechetCell()"
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def spy(name):
+        def call(*args, **kwargs):
+            seen.append((name, kwargs.get("cell_filter"), kwargs.get("dofs")))
+            raise Stop
+
+        return call
+
+    monkeypatch.setattr(_driver, "relax", spy("relax"))
+    monkeypatch.setattr(_driver, "relax_stream", spy("relax_stream"))
+    method, sw, dofs = jc.search.random_search(8), jc.potentials.stillinger_weber(), FrechetCell()
+    kw = dict(seed=3, max_iterations=1, progress=False, dofs=dofs)
+    with pytest.raises(Stop):
+        jc.search.run(method, "Si8", sw, db=tmp_path / "a.db", reference=DIAMOND, **kw)
+    with pytest.raises(Stop):
+        jc.search.run(method, "Si8", sw, db=tmp_path / "b.db", **kw)
+    assert seen == [("relax", None, dofs), ("relax_stream", None, dofs)]
+    assert jc.io.connect_db(tmp_path / "a.db").metadata["search"]["cell_filter"] == "FrechetCell()"
     with pytest.raises(jc.search.InvalidSearchError, match="dofs"):
-        jc.search.run(method, "Si8", oracle, db=tmp_path / "bad.db", dofs="frechet", **KW)
+        jc.search.run(method, "Si8", sw, db=tmp_path / "c.db", **dict(kw, dofs="frechet"))
 
 
 def test_cli_prints_ranked_table_and_metrics(searched, tmp_path, capsys):
