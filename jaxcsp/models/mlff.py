@@ -380,11 +380,12 @@ class MLFFEnsemble:
             symmetry (every atom on a special position, only the cell still to relax) has
             ``U`` = round-off / round-off and stops at once; a floor at the relaxation's force
             threshold measures the spread against the forces that still matter. A traced
-            value: changing it compiles nothing.
+            value: one nonzero floor after another compiles nothing. Negative or non-finite
+            values raise :class:`~jaxcsp.errors.InvalidArgumentError`.
         """
         params = self.params
         if force_floor:
-            check_real("force_floor", force_floor, positive=False)
+            check_real("force_floor", force_floor, unit="eV/Å")
             params = dict(params, force_floor=jnp.asarray(float(force_floor)))
         return Potential(
             _ensemble_energy,
