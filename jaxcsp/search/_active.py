@@ -107,7 +107,7 @@ class _Config(TypedDict):
 
 #: drawing rounds of the training pool: a P1 cell draws every atom at once and is rejected
 #: whole if any pair is too close, so ionic cells of several elements are rarely accepted
-#: (Na8Cl8 at the default factors: none of 64 after the generator's default 50 rounds; 128
+#: (Na8Cl8 at the default factors: a pool of 64 not filled in the generator's 50 rounds; 128
 #: after about 400 rounds, 36 s on 2 CPU cores). Rounds cost only while structures are missing.
 _P1_ROUNDS = 1000
 
