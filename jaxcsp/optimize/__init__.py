@@ -1,7 +1,9 @@
 """Batched optimizers: BFGS + line search, FIRE, L-BFGS, cell filters, relax, relax_stream.
 
-Every optimizer is an ``(init_fn, step_fn)`` pair over a batch of independent objectives
-(see :mod:`jaxcsp.optimize._base` for the row/DOF conventions); :func:`relax` drives them for a
+An optimizer's math is an :class:`Algorithm` written for one structure (ask/tell);
+:func:`batched` turns it into an ``(init_fn, step_fn)`` pair over a batch of independent
+objectives whose :class:`RelaxState` keeps the bookkeeping every optimizer shares (see
+:mod:`jaxcsp.optimize._base` for the row/DOF conventions); :func:`relax` drives them for a
 ``Crystals`` batch and any ``Potential``. What moves is a :class:`Dofs` value
 (:class:`AtomPositions`, :class:`FrechetCell`, :class:`WyckoffFree`, or a new kind in a few
 lines, see :mod:`jaxcsp.optimize._dofs`).
@@ -15,13 +17,20 @@ from jaxcsp.optimize._base import (
     RUNNING,
     STATUS_NAMES,
     UNCERTAIN,
+    Algorithm,
     Optimizer,
+    RelaxState,
+    batched,
     masked_fmax,
 )
-from jaxcsp.optimize._bfgs import BFGSLineSearchState, bfgs_linesearch
+from jaxcsp.optimize._bfgs import (
+    BFGSLineSearchState,
+    bfgs_linesearch,
+    bfgs_linesearch_algorithm,
+)
 from jaxcsp.optimize._dofs import AtomPositions, Dofs, FrechetCell, WyckoffFree
-from jaxcsp.optimize._fire import FIREState, fire
-from jaxcsp.optimize._lbfgs import LBFGSState, lbfgs
+from jaxcsp.optimize._fire import FIREState, fire, fire_algorithm
+from jaxcsp.optimize._lbfgs import LBFGSState, lbfgs, lbfgs_algorithm
 from jaxcsp.optimize._relax import (
     METHODS,
     RelaxData,
@@ -51,6 +60,7 @@ __all__ = [
     "RUNNING",
     "STATUS_NAMES",
     "UNCERTAIN",
+    "Algorithm",
     "AtomPositions",
     "BFGSLineSearchState",
     "Dofs",
@@ -60,16 +70,21 @@ __all__ = [
     "Optimizer",
     "RelaxData",
     "RelaxResult",
+    "RelaxState",
     "StreamSummary",
     "WyckoffData",
     "WyckoffFree",
+    "batched",
     "bfgs_linesearch",
+    "bfgs_linesearch_algorithm",
     "clip_by_per_sample_norm",
     "crystals_from_dofs",
     "descriptor_optimizer",
     "fire",
+    "fire_algorithm",
     "initial_dofs",
     "lbfgs",
+    "lbfgs_algorithm",
     "make_optimizer",
     "masked_fmax",
     "optimize_wyckoff",

@@ -1,53 +1,103 @@
-"""Batched FIRE with ASE's semantics and defaults (one evaluation per step).
+"""FIRE with ASE's semantics and defaults (one evaluation per step), written for one structure.
 
 It follows the loop of ASE's ``Optimizer.irun``: the state holds the gradient at the current
-point; a step moves every running sample once from that gradient and evaluates the objective
-at the new point (so a sample that takes ``n`` steps uses ``n + 1`` evaluations, as in ASE).
+point; a step moves the structure once from that gradient and evaluates the objective at the
+new point (so a structure that takes ``n`` steps uses ``n + 1`` evaluations, as in ASE).
 
 :func:`fire` is ASE ``FIRE`` (Bitzek et al. 2006): dt 0.1, dtmax 1.0, Nmin 5, finc 1.1,
 fdec 0.5, astart 0.1, fa 0.99, maxstep 0.2 applied to the norm of the *whole* displacement
-(ASE's FIRE, unlike its line search, does not limit per row).
+(ASE's FIRE, unlike its line search, does not limit per row). :func:`fire_algorithm` is the
+per-structure math; :func:`fire` batches it (:func:`jaxcsp.optimize._base.batched`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxcsp.optimize._base import (
-    RUNNING,
-    Optimizer,
-    after_evaluation,
-    as_objective,
-    first_evaluation,
-    where_rows,
-)
+from jaxcsp.optimize._base import Algorithm, Optimizer, batched
 
-__all__ = ["FIREState", "fire"]
+__all__ = ["FIREState", "fire", "fire_algorithm"]
 
 Array = jax.Array
 
 
 class FIREState(NamedTuple):
-    """State of :func:`fire`; ``x``, ``grad``, ``velocity`` are ``(B, R, 3)``, the rest ``(B,)``."""
+    """State of one structure's FIRE: ``x``, ``grad``, ``velocity`` ``(R, 3)``, the rest scalars.
 
-    x: jax.Array
-    energy: jax.Array
-    grad: jax.Array
-    row_mask: jax.Array
-    velocity: jax.Array
-    dt: jax.Array
-    a: jax.Array
-    n_pos: jax.Array
-    fmax: jax.Array
-    max_steps: jax.Array
-    status: jax.Array
-    steps: jax.Array
-    force_calls: jax.Array
-    overflow: jax.Array
+    Attributes:
+      x, energy, grad: the current point, its value and gradient.
+      velocity: ASE's ``v`` (DOF units per ASE time unit).
+      dt, a: the adaptive time step and mixing factor. n_pos: steps since the last reset.
+      started: False before the first step (ASE's ``v is None``: no mixing yet).
+    """
+
+    x: Array
+    energy: Array
+    grad: Array
+    velocity: Array
+    dt: Array
+    a: Array
+    n_pos: Array
+    started: Array
+
+
+def fire_algorithm(
+    *,
+    dt: Any = 0.1,
+    maxstep: Any = 0.2,
+    dtmax: Any = 1.0,
+    nmin: Any = 5,
+    finc: Any = 1.1,
+    fdec: Any = 0.5,
+    astart: Any = 0.1,
+    fa: Any = 0.99,
+    a: Any = 0.1,
+) -> Algorithm:
+    """FIRE for one structure (ASE ``FIRE``'s parameters; plain numbers or traced scalars)."""
+
+    def init(x, row_mask, energy, grad, ok) -> FIREState:
+        del row_mask, ok
+        return FIREState(
+            x=x,
+            energy=energy,
+            grad=grad,
+            velocity=jnp.zeros_like(x),
+            dt=jnp.asarray(dt, x.dtype),
+            a=jnp.asarray(a, x.dtype),
+            n_pos=jnp.zeros((), jnp.int32),
+            started=jnp.zeros((), bool),
+        )
+
+    def propose(st: FIREState, row_mask):
+        f = -st.grad
+        v = st.velocity
+        vf, f2, v2 = jnp.sum(f * v), jnp.sum(f * f), jnp.sum(v * v)
+        mix = (vf > 0.0) & st.started
+        reset = ~(vf > 0.0) & st.started
+        grow = mix & (st.n_pos > nmin)
+        scale = jnp.sqrt(v2) / jnp.sqrt(jnp.where(f2 > 0, f2, 1.0))
+        v_mix = (1.0 - st.a) * v + (st.a * scale) * f
+        v = jnp.where(mix, v_mix, jnp.where(reset, 0.0, v))
+        dt_grown = jnp.where(grow, jnp.minimum(st.dt * finc, dtmax), st.dt)
+        dt_new = jnp.where(reset, st.dt * fdec, dt_grown)
+        a_new = jnp.where(reset, astart, jnp.where(grow, st.a * fa, st.a))
+        n_pos = jnp.where(reset, 0, jnp.where(mix, st.n_pos + 1, st.n_pos))
+        v = v + dt_new * f
+        dr = dt_new * v
+        norm = jnp.sqrt(jnp.sum(dr * dr))
+        dr = dr * jnp.where(norm > maxstep, maxstep / jnp.where(norm > 0, norm, 1.0), 1.0)
+        new = st._replace(velocity=v, dt=dt_new, a=a_new.astype(st.a.dtype), n_pos=n_pos)
+        return new, jnp.where(row_mask[:, None], st.x + dr, 0.0)
+
+    def update(st: FIREState, row_mask, x, energy, grad, ok):
+        del row_mask, ok
+        return st._replace(x=x, energy=energy, grad=grad, started=jnp.ones((), bool)), True
+
+    return Algorithm(init, propose, update)
 
 
 def fire(
@@ -71,74 +121,14 @@ def fire(
         overflow])``.
       dt, maxstep, dtmax, nmin, finc, fdec, astart, fa, a: ASE ``FIRE`` parameters (maxstep in
         DOF units, Å for atoms; dt in ASE's internal units).
-      f_upper: gradients above this or non-finite values mark a sample ``EXPLODED``.
+      f_upper: gradients above this or non-finite values mark a structure ``EXPLODED``.
 
     Returns:
-      ``Optimizer(init_fn, step_fn)`` over :class:`FIREState`.
+      ``Optimizer(init_fn, step_fn)`` over a :class:`~jaxcsp.optimize._base.RelaxState`
+      whose ``opt`` is a batched :class:`FIREState`.
     """
-    objective = as_objective(value_and_grad)
-
-    def init_fn(x, row_mask, data=None, *, fmax=0.01, max_steps=1000) -> FIREState:
-        x, row_mask, e, g, overflow, fmax, max_steps, status = first_evaluation(
-            objective, x, row_mask, data, fmax, max_steps, f_upper
-        )
-        b = x.shape[0]
-        return FIREState(
-            x=x,
-            energy=e,
-            grad=g,
-            row_mask=row_mask,
-            velocity=jnp.zeros_like(x),
-            dt=jnp.full((b,), dt, x.dtype),
-            a=jnp.full((b,), a, x.dtype),
-            n_pos=jnp.zeros((b,), jnp.int32),
-            fmax=fmax,
-            max_steps=max_steps,
-            status=status,
-            steps=jnp.zeros((b,), jnp.int32),
-            force_calls=jnp.ones((b,), jnp.int32),
-            overflow=overflow,
-        )
-
-    def step_fn(st: FIREState, data=None) -> FIREState:
-        run = st.status == RUNNING
-        f = -st.grad
-        v = st.velocity
-        first = st.steps == 0
-        vf = jnp.sum(f * v, axis=(-2, -1))
-        f2 = jnp.sum(f * f, axis=(-2, -1))
-        v2 = jnp.sum(v * v, axis=(-2, -1))
-        mix = (vf > 0.0) & ~first
-        reset = ~(vf > 0.0) & ~first
-        scale = jnp.sqrt(v2) / jnp.sqrt(jnp.where(f2 > 0, f2, 1.0))
-        v_mix = (1.0 - st.a)[:, None, None] * v + (st.a * scale)[:, None, None] * f
-        grow = mix & (st.n_pos > nmin)
-        dt_new = jnp.where(grow, jnp.minimum(st.dt * finc, dtmax), st.dt)
-        a_new = jnp.where(grow, st.a * fa, st.a)
-        n_pos = jnp.where(mix, st.n_pos + 1, st.n_pos)
-        v = where_rows(mix, v_mix, v)
-        v = where_rows(reset, jnp.zeros_like(v), v)
-        a_new = jnp.where(reset, astart, a_new)
-        dt_new = jnp.where(reset, st.dt * fdec, dt_new)
-        n_pos = jnp.where(reset, 0, n_pos)
-        v = v + dt_new[:, None, None] * f
-        dr = dt_new[:, None, None] * v
-        norm = jnp.sqrt(jnp.sum(dr * dr, axis=(-2, -1)))
-        dr = (
-            dr
-            * jnp.where(norm > maxstep, maxstep / jnp.where(norm > 0, norm, 1.0), 1.0)[
-                :, None, None
-            ]
-        )
-        x_new = jnp.where(st.row_mask[..., None], st.x + dr, 0.0)
-        e, g, overflow = objective(x_new, st.row_mask, data)
-        common = after_evaluation(st, x_new, e, g, overflow, run, f_upper)
-        return st._replace(
-            velocity=where_rows(run, v, st.velocity),
-            dt=jnp.where(run, dt_new, st.dt),
-            a=jnp.where(run, a_new, st.a),
-            n_pos=jnp.where(run, n_pos, st.n_pos),
-            **common,
-        )
-
-    return Optimizer(init_fn, step_fn)
+    algorithm = fire_algorithm(
+        dt=dt, maxstep=maxstep, dtmax=dtmax, nmin=nmin, finc=finc, fdec=fdec, astart=astart,
+        fa=fa, a=a,
+    )  # fmt: skip
+    return batched(algorithm, value_and_grad, f_upper=f_upper)

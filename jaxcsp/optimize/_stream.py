@@ -42,7 +42,7 @@ from jaxcsp import parallel
 from jaxcsp.crystal import Crystals, check_overlaps, concatenate, pad
 from jaxcsp.errors import InvalidStructureError, JaxcspError, StructureFileError, check_real
 from jaxcsp.io import connect_db, from_ase, to_ase
-from jaxcsp.optimize._base import RUNNING, STATUS_NAMES, masked_fmax, where_rows
+from jaxcsp.optimize._base import RUNNING, STATUS_NAMES, masked_fmax, select
 from jaxcsp.optimize._relax import (
     _after_chunk,
     _below_floor_at_start,
@@ -218,7 +218,7 @@ def _lanes(batch: Crystals | None, items: list, n_pad: int, filler: Crystals) ->
     return Crystals(**{f: jnp.asarray(v) for f, v in leaves.items()})
 
 
-_merge = jax.jit(where_rows)  # refilled lanes take the fresh state
+_merge = jax.jit(select)  # refilled lanes take the fresh state
 
 
 def _programs() -> int:
