@@ -223,3 +223,28 @@ def test_input_hash_is_never_a_number():
         digest = _fingerprint(bulk("Si", "diamond", a=float(a)))
         with pytest.raises(ValueError):
             float(digest)
+
+
+@pytest.mark.slow  # three working sizes (8, 4, 2), each compiled
+def test_compaction_once_the_queue_is_dry_changes_no_row(tmp_path, monkeypatch):
+    """The stream runs the same loop as ``relax``: slots are refilled while the queue lasts,
+    then the running structures are compacted into smaller batches; no row changes."""
+    from jaxcsp.optimize import _relax
+
+    images = _small_lj(12)
+    pot = potentials.lennard_jones(**LJ)
+    kw = dict(max_atoms=64, refill_every=3, progress=False)  # 8 slots for 12 structures
+    relax_stream(images, pot, db=tmp_path / "plain.db", min_batch=0, **kw)
+    sizes = []
+    gather = _relax._gather
+    monkeypatch.setattr(_relax, "_gather", lambda t, i: sizes.append(len(i)) or gather(t, i))
+    relax_stream(images, pot, db=tmp_path / "packed.db", min_batch=2, **kw)
+    assert 4 in sizes and max(sizes) < 8  # compacted below the class's 8 slots
+    plain = {r.input_id: r for r in _rows(tmp_path / "plain.db")}
+    packed = {r.input_id: r for r in _rows(tmp_path / "packed.db")}
+    assert sorted(plain) == sorted(packed) == list(range(12))
+    for i in range(12):
+        a, b = plain[i], packed[i]
+        assert (a.status, a.steps, a.force_calls) == (b.status, b.steps, b.force_calls)
+        np.testing.assert_allclose(b.energy, a.energy, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(b.positions, a.positions, rtol=0, atol=1e-9)

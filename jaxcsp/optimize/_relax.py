@@ -44,12 +44,14 @@ from jaxcsp.crystal import Crystals, find_overlaps
 from jaxcsp.errors import InvalidArgumentError, JaxcspError, check_int, check_real
 from jaxcsp.neighbors import CAPACITY_QUANTUM
 from jaxcsp.optimize._base import (
+    CONVERGED,
     EXPLODED,
     INVALID,
     RUNNING,
     STATUS_NAMES,
     UNCERTAIN,
     masked_fmax,
+    select,
 )
 from jaxcsp.optimize._bfgs import bfgs_linesearch
 from jaxcsp.optimize._dofs import Dofs, as_dofs
@@ -574,135 +576,254 @@ def _leading(tree, b: int) -> bool:
     return all(jnp.ndim(a) > 0 and a.shape[0] == b for a in jax.tree_util.tree_leaves(tree))
 
 
+class Lanes(NamedTuple):
+    """Starting rows of structures to relax; every leaf has the rows ``K`` as its leading axis.
+
+    Attributes:
+      x0: ``(K, R, 3)`` starting DOF rows. row_mask: ``(K, R)`` bool real rows.
+      data: the DOFs' per-structure constants (e.g. :class:`RelaxData`).
+      crystals: the ``(K, N)`` starting structures (neighbor-list shapes, energy floor).
+      invalid: ``(K,)`` bool, rejected before the run (e.g. overlapping atoms): status
+        ``INVALID`` after the first evaluation, never moved.
+    """
+
+    x0: Array
+    row_mask: Array
+    data: Any
+    crystals: Crystals
+    invalid: Array
+
+
+class BatchSource:
+    """A :func:`drive` source that hands over one whole batch at once (``relax``'s).
+
+    Args:
+      lanes: the structures, keyed ``0 .. K-1`` in row order.
+    """
+
+    def __init__(self, lanes: Lanes):
+        self._lanes: Lanes | None = lanes
+        self.hint = lanes.crystals
+
+    def __len__(self) -> int:
+        return 0 if self._lanes is None else int(self._lanes.x0.shape[0])
+
+    def take(self, n: int) -> tuple[list[int], Lanes | None]:
+        """All rows (``n`` must cover them: the batch is not split), then nothing."""
+        lanes, self._lanes = self._lanes, None
+        if lanes is None:
+            return [], None
+        k = int(lanes.x0.shape[0])
+        if n < k:
+            raise ValueError(f"BatchSource hands over its {k} rows at once; asked for {n}")
+        return list(range(k)), lanes
+
+
+class CollectSink:
+    """A :func:`drive` sink that keeps every finished structure's final state, in key order.
+
+    Args:
+      size: number of keys (``0 .. size-1``).
+
+    Attributes:
+      state: after the run, the :class:`~jaxcsp.optimize._base.RelaxState` of all ``size``
+        structures (key ``k`` in row ``k``).
+    """
+
+    def __init__(self, size: int):
+        self.size = int(size)
+        self.state: Any = None
+
+    def __call__(self, keys, finished, state, lanes, spec) -> None:
+        del lanes, spec
+        if self.state is None:
+            self.state = jax.tree_util.tree_map(
+                lambda a: jnp.zeros((self.size, *a.shape[1:]), a.dtype), state
+            )
+        rows = np.where(finished, keys, self.size)  # others: out of range, dropped
+        self.state = _put_rows(self.state, jnp.asarray(rows, jnp.int32), state)
+
+
+@jax.jit
+def _put_rows(full, rows, state):
+    return jax.tree_util.tree_map(lambda f, a: f.at[rows].set(a, mode="drop"), full, state)
+
+
+_merge = jax.jit(select)  # refilled lanes take the fresh state
+
+
+def _idle(state, idle: np.ndarray):
+    """Lanes that hold no structure (``idle`` (S,) host bool) never run: marked stopped."""
+    if not idle.any():
+        return state
+    return state._replace(status=jnp.where(jnp.asarray(idle), CONVERGED, state.status))
+
+
+def _set_rows(lanes: Lanes, rows: np.ndarray, new: Lanes) -> Lanes:
+    """``lanes`` with rows ``rows`` replaced by ``new``'s (host side, no program per count)."""
+
+    def put(a, b):
+        a = np.array(a)
+        a[rows] = np.asarray(b)
+        return jax.device_put(a)
+
+    return jax.tree_util.tree_map(put, lanes, new)
+
+
+def _gather(tree, idx):
+    """Rows ``idx`` of every leaf of ``tree``."""
+    return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+
 def drive(
-    x0: Array,
-    row_mask: Array,
-    data: Any,
+    source,
+    sink,
     potential,
-    crystals: Crystals,
     *,
+    slots: int,
     method: str,
     options: dict,
-    mode: str | None,
+    mode: Any,
     fmax: float,
     max_steps: int,
     chunk: int,
     neighbor_backend: str,
     progress: bool = False,
+    desc: str = "relax",
     min_batch: int = 32,
-    invalid: Any = None,
     mesh: Any = None,
     max_uncertainty: float | None = None,
     min_energy_per_atom: float | None = None,
 ):
-    """Run an optimizer from ``x0`` until every structure stops (host loop over jitted chunks).
+    """The one relaxation loop: lanes filled from a source, finished structures to a sink.
 
-    ``min_energy_per_atom`` (optional, eV/atom): a structure whose newly accepted point has an
-    objective per atom (energy, plus ``pV`` with a cell filter) below it stops with status
-    ``EXPLODED`` at its previous point; one that starts below it does not move.
+    ``relax``, ``relax_wyckoff`` and ``relax_stream`` (once per size class) all run here; the
+    search layer's relaxations run through them.
 
-    ``max_uncertainty`` (optional, needs a potential with an ``uncertainty_fn``): a structure
-    whose starting point, or a newly accepted point, has an uncertainty above it stops with
-    status ``UNCERTAIN`` at its last point below (the start, if that is already above).
-
-    ``mesh`` (optional :func:`jaxcsp.parallel.batch_mesh`): the batch (a multiple of the mesh
-    size) is split over its devices, and every working batch after a compaction too.
-
-    ``invalid`` (optional ``(B,)`` bool, host side) marks structures rejected before the run
-    (e.g. overlapping atoms): they get status ``INVALID`` after the first evaluation and never
-    move.
-
-    Neighbor-list shapes are chosen from ``crystals`` (the starting structures). A step whose
-    neighbor list overflows is discarded inside the jitted chunk, which stops at the last good
-    state; the shapes are then re-chosen, with more head-room, from the structures as they are
-    at that state, and the relaxation goes on from it (nothing is lost, truncated or redone).
-
-    Compaction: once at most half of the structures in the working batch are still running, the
-    running ones are gathered into a smaller working batch (a power of two, at least
-    ``min_batch``, filled up with stopped structures, which do not move), so that a long tail of
-    slow structures does not pay for the whole batch every step; the neighbor-list shapes are
-    re-chosen for the new working batch. A structure's trajectory does not depend on the batch
-    it sits in (up to the summation order of neighbor sums); the working batch sizes met are
-    compiled once each (at most ``log2(B / min_batch)`` extra programs, reused by later calls).
+    * **Lanes.** The working batch has ``slots`` lanes (padded to a multiple of the mesh size);
+      ``source.take(n) -> (keys, Lanes | None)`` fills them and ``len(source)`` says how many
+      structures it still holds; ``source.hint`` (a ``Crystals`` batch) chooses the first
+      neighbor-list shapes, so that structures taken later fit too.
+    * **Sink.** After every chunk of ``chunk`` steps, the lanes whose structure stopped are
+      handed to ``sink(keys (S,) int, finished (S,) bool, state, lanes, spec)`` (host arrays
+      and the working batch) — a database writer writes them out there, :class:`CollectSink`
+      keeps them — and refilled from the source: the refilled lanes are initialised (one
+      evaluation of the working batch) and merged in, the others keep their state.
+    * **Compaction.** Once the source is dry and at most half of the lanes still run, the
+      running ones are gathered into a smaller working batch (a power of two, at least
+      ``min_batch``; spare lanes idle), so that a long tail of slow structures does not pay for
+      the whole batch every step; the neighbor-list shapes are re-chosen for it. A structure's
+      trajectory does not depend on the batch it sits in (up to the summation order of
+      neighbor sums); the working sizes met compile once each and are reused by later calls.
+      ``min_batch=0`` turns compaction off; it is off too when the DOF data is not batched.
+    * **Overflow.** A step whose neighbor list overflows is discarded inside the jitted
+      chunk, which stops at the last good state; the shapes are re-chosen, with more
+      head-room, for the structures as they are at that state and the run goes on from it
+      (nothing is lost, truncated or redone). A start that overflows is evaluated again with
+      larger shapes.
+    * **Guards.** ``min_energy_per_atom`` (eV/atom): a structure whose newly accepted point
+      has an objective per atom (energy, plus ``pV`` with a cell filter) below it stops as
+      ``EXPLODED`` at its previous point; one that starts below it does not move.
+      ``max_uncertainty`` (a potential with an ``uncertainty_fn``): a structure whose start,
+      or a newly accepted point, is more uncertain stops as ``UNCERTAIN`` at its last point
+      below (the start, if that is already above).
+    * ``mesh`` (:func:`jaxcsp.parallel.batch_mesh`): every working batch is split over its
+      devices.
 
     Returns:
-      The final optimizer state (all ``B`` structures, in input order).
+      Nothing; every structure the source held has gone to the sink.
     """
-    static, hyper = split_options(method, options, x0.dtype)
+    first_keys, first = source.take(slots)
+    if first is None:
+        return
+    static, hyper = split_options(method, options, first.x0.dtype)
     kw = dict(method=method, options=static, cell_filter=mode, hyper=hyper)
+    guarded = max_uncertainty is not None
+    # None when unguarded: relax and relax_stream share compiled programs
+    mu = jnp.asarray(max_uncertainty, first.x0.dtype) if guarded else None
 
     def place(tree):
         return parallel.shard_batch(tree, mesh)
 
-    x0, row_mask, data = place(x0), place(row_mask), place(data)
+    def floor_of(lanes: Lanes):  # (S,) eV: the floor times each lane's atom count
+        if min_energy_per_atom is None:
+            return None
+        n_atoms = lanes.crystals.num_atoms.astype(lanes.x0.dtype)
+        return place(float(min_energy_per_atom) * n_atoms)
+
+    def start(lanes: Lanes, spec, growth):
+        """Evaluate every lane's start (shapes grown until nothing overflows)."""
+        while True:
+            state = _init(lanes.x0, lanes.row_mask, lanes.data, potential, spec, fmax,
+                          max_steps, **kw)  # fmt: skip
+            if not bool(jnp.any(state.overflow)):
+                break
+            growth *= 2.0
+            spec = _spec_for(potential, lanes.crystals, backend=neighbor_backend, growth=growth)
+        state = place(state._replace(status=jnp.where(lanes.invalid, INVALID, state.status)))
+        floor = floor_of(lanes)
+        if floor is not None:
+            state = _below_floor_at_start(state, floor)
+        if guarded:
+            state = _check_start(state, lanes.data, potential, spec, mu, cell_filter=mode)
+        return state, spec, growth
+
+    slots = parallel.padded_size(max(int(slots), 1), mesh)
+    keys = np.full(slots, -1, np.int64)
+    keys[: len(first_keys)] = first_keys
+    lanes = place(parallel.pad_batch(first, slots))
     growth = 1.0
-    spec = _spec_for(potential, crystals, backend=neighbor_backend)
-    state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
-    while bool(jnp.any(state.overflow)):
-        growth *= 2.0
-        spec = _spec_for(potential, crystals, backend=neighbor_backend, growth=growth)
-        state = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
-    state = place(state)
-    if invalid is not None and np.any(invalid):
-        status = np.asarray(state.status)
-        status = np.where(np.asarray(invalid, bool), INVALID, status).astype(status.dtype)
-        state = state._replace(status=jnp.asarray(status))
-    guarded = max_uncertainty is not None
-    # None when unguarded, as relax_stream passes it: the two share compiled programs
-    mu = jnp.asarray(max_uncertainty, x0.dtype) if guarded else None
-    floor_full = None  # (B,) eV: the floor times each structure's atom count
-    if min_energy_per_atom is not None:
-        n_atoms = np.asarray(crystals.num_atoms, np.float64)
-        floor_full = place(jnp.asarray(float(min_energy_per_atom) * n_atoms, x0.dtype))
-        state = _below_floor_at_start(state, floor_full)
-    floor = floor_full
-    if guarded:
-        state = _check_start(state, data, potential, spec, mu, cell_filter=mode)
-    total = int(x0.shape[0])
-    full = state  # every structure; rows of ``idx`` live in the working batch ``state``
-    idx = None
-    work_data = data
-    can_compact = min_batch > 0 and _leading(state, total) and _leading(data, total)
+    spec = _spec_for(potential, source.hint, backend=neighbor_backend)
+    state, spec, growth = start(lanes, spec, growth)
+    state = _idle(state, keys < 0)
+    can_compact = min_batch > 0 and _leading(lanes, slots)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=f"relax ({method})", unit="struct")
+        bar = tqdm(total=len(first_keys) + len(source), desc=desc, unit="struct")
     while True:
         release_compiled_programs()  # near the process's map cap: drop cached programs
-        running = np.asarray(state.status == RUNNING)
+        finished = (keys >= 0) & (np.asarray(state.status) != RUNNING)
+        if finished.any():
+            sink(keys.copy(), finished, state, lanes, spec)
+            keys[finished] = -1
+            if bar is not None:
+                bar.update(int(finished.sum()))
+            new_keys, new = source.take(int(finished.sum()))
+            if new is not None and new_keys:
+                rows = np.nonzero(finished)[0][: len(new_keys)]
+                lanes = place(_set_rows(lanes, rows, new))
+                fresh, spec, growth = start(lanes, spec, growth)
+                mask = np.zeros(slots, bool)  # on the host: no program per refill count
+                mask[rows] = True
+                state = _merge(place(mask), fresh, state)
+                keys[rows] = new_keys
+        running = keys >= 0
         n_running = int(running.sum())
-        if bar is not None:
-            bar.n = total - n_running  # every running structure is in the working batch
-            bar.refresh()
         if n_running == 0:
             break
-        size = int(running.shape[0])
         target = parallel.padded_size(_bucket(n_running, min_batch), mesh)
-        if can_compact and target <= size // 2:
-            full = _scatter(full, idx, state)
-            stopped = np.asarray(full.status != RUNNING)
-            run_rows = np.nonzero(~stopped)[0]
-            fill = np.nonzero(stopped)[0][: target - len(run_rows)]
-            idx = jnp.asarray(np.concatenate([run_rows, fill]), jnp.int32)
-            state, work_data = place(_gather(full, idx)), place(_gather(data, idx))
-            if floor_full is not None:
-                floor = place(floor_full[idx])
+        if can_compact and len(source) == 0 and target <= slots // 2:
+            run_rows = np.nonzero(running)[0]
+            idx = np.concatenate([run_rows, np.full(target - n_running, run_rows[0])])
+            idx_d = jnp.asarray(idx, jnp.int32)
+            state, lanes = place(_gather(state, idx_d)), place(_gather(lanes, idx_d))
+            keys = np.concatenate([keys[run_rows], np.full(target - n_running, -1)])
+            slots = target
+            state = _idle(state, keys < 0)
             # the new working batch compiles anyway: re-choose the neighbor shapes for the
-            # structures it holds now, with the base head-room (grown head-room is kept only
-            # while the batch that needed it runs)
+            # structures it holds now, with the base head-room
             growth = 1.0
-            current = crystals_from_dofs(state.x, work_data, mode)
+            current = crystals_from_dofs(state.x, lanes.data, mode)
             spec = _spec_for(potential, current, backend=neighbor_backend)
-        new = _run(
-            state, work_data, potential, spec, mu, floor, n_steps=chunk, guarded=guarded, **kw
-        )
+        new_state = _run(state, lanes.data, potential, spec, mu, floor_of(lanes),
+                         n_steps=chunk, guarded=guarded, **kw)  # fmt: skip
         state, spec, growth = _after_chunk(
-            state, new, work_data, potential, spec, growth, mode, neighbor_backend
+            state, new_state, lanes.data, potential, spec, growth, mode, neighbor_backend
         )
     if bar is not None:
         bar.close()
-    return _scatter(full, idx, state)
 
 
 def _after_chunk(before, new, data, potential, spec, growth, mode, neighbor_backend):
@@ -721,16 +842,12 @@ def _after_chunk(before, new, data, potential, spec, growth, mode, neighbor_back
     return new._replace(overflow=jnp.zeros_like(new.overflow)), spec, growth
 
 
-def _gather(tree, idx):
-    """Rows ``idx`` of every leaf of ``tree``."""
-    return jax.tree_util.tree_map(lambda a: a[idx], tree)
-
-
-def _scatter(full, idx, state):
-    """Write the working batch ``state`` back into rows ``idx`` of ``full`` (all if ``None``)."""
-    if idx is None:
-        return state
-    return jax.tree_util.tree_map(lambda f, a: f.at[idx].set(a), full, state)
+def relax_lanes(lanes: Lanes, potential, **kwargs):
+    """Run :func:`drive` over one whole batch and return its final state, in row order."""
+    size = int(lanes.x0.shape[0])
+    sink = CollectSink(size)
+    drive(BatchSource(lanes), sink, potential, slots=size, **kwargs)
+    return sink.state
 
 
 def relax(
@@ -843,12 +960,10 @@ def relax(
         overlapping = np.concatenate([overlapping, np.ones(size - n_real, bool)])  # never move
     data = make_data(crystals, pressure=pressure, symmetric=symmetric, symprec=symprec)
     x0, row_mask = initial_dofs(crystals, cell_filter)
-    state = drive(
-        x0,
-        row_mask,
-        data,
+    lanes = Lanes(x0, row_mask, data, crystals, jnp.asarray(overlapping))
+    state = relax_lanes(
+        lanes,
         potential,
-        crystals,
         method=method,
         options=options,
         mode=cell_filter,
@@ -857,8 +972,8 @@ def relax(
         chunk=chunk,
         neighbor_backend=neighbor_backend,
         progress=progress,
+        desc=f"relax ({method})",
         min_batch=min_batch,
-        invalid=overlapping,
         mesh=mesh,
         max_uncertainty=max_uncertainty,
         min_energy_per_atom=min_energy_per_atom,

@@ -9,6 +9,10 @@ The scheduler of the seed's Algorithm 3 (Zhao et al., SI "Continuous scheduling"
 * Every ``refill_every`` steps, finished slots (converged, out of steps, exploded, invalid) are
   written to the database and refilled from the queue; the refilled lanes are re-initialised
   with one evaluation of the whole fixed-shape batch and merged in, the others keep their state.
+  Once the queue is empty, the running structures are compacted into smaller batches as in
+  :func:`jaxcsp.optimize.relax` (``min_batch``). The loop is
+  :func:`jaxcsp.optimize._relax.drive`, the one ``relax`` runs, with this class's queue as its
+  source and the database as its sink.
 * Each finished structure becomes one database row, committed on its own, with the final
   structure, energy/forces/stress (ASE ``SinglePointCalculator``) and key-value pairs
   ``input_id``, ``input_hash``, ``status``, ``converged``, ``steps``, ``force_calls``,
@@ -34,31 +38,27 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcsp import parallel
 from jaxcsp.crystal import Crystals, check_overlaps, concatenate, pad
 from jaxcsp.errors import InvalidStructureError, JaxcspError, StructureFileError, check_real
 from jaxcsp.io import connect_db, from_ase, to_ase
-from jaxcsp.optimize._base import RUNNING, STATUS_NAMES, masked_fmax, select
+from jaxcsp.optimize._base import STATUS_NAMES, masked_fmax
 from jaxcsp.optimize._relax import (
-    _after_chunk,
-    _below_floor_at_start,
+    Lanes,
     _check_args,
     _choose_dofs,
     _init,
     _run,
-    _spec_for,
     crystals_from_dofs,
+    drive,
     final_results,
     initial_dofs,
     make_data,
     split_options,
 )
 from jaxcsp.potentials import check_elements, check_species
-from jaxcsp.runtime import release_compiled_programs
 
 __all__ = ["StreamSummary", "relax_stream", "size_class"]
 
@@ -198,27 +198,72 @@ def _prepare(
     return work, skipped, written
 
 
-def _lanes(batch: Crystals | None, items: list, n_pad: int, filler: Crystals) -> Crystals:
-    """Host side: a fixed-shape batch with ``items[k]`` in lane ``k``.
+class _ClassSource:
+    """The :func:`~jaxcsp.optimize._relax.drive` source of one size class: its queue, in order."""
 
-    Lanes whose item is ``None`` keep ``batch``'s content (or the ``filler`` structure when
-    building the first batch), so every lane always holds a valid crystal.
-    """
-    fields = ("lattice", "frac", "species", "mask")
-    if batch is None:
-        first = pad(filler, n_pad)
-        leaves = {f: np.repeat(np.asarray(getattr(first, f)), len(items), axis=0) for f in fields}
-    else:
-        leaves = {f: np.array(getattr(batch, f)) for f in fields}
-    for k, w in enumerate(items):
-        if w is not None:
-            one = pad(w.crystal, n_pad)
-            for f in fields:
-                leaves[f][k] = np.asarray(getattr(one, f))[0]
-    return Crystals(**{f: jnp.asarray(v) for f, v in leaves.items()})
+    def __init__(self, queue: list[_Work], n_pad: int, dofs: Any, pressure: float):
+        self.queue = list(queue)
+        self.n_pad, self.dofs, self.pressure = n_pad, dofs, pressure
+        # neighbor shapes from every structure of the class, so refills fit
+        self.hint = concatenate([pad(w.crystal, n_pad) for w in self.queue])
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def take(self, n: int) -> tuple[list[int], Lanes | None]:
+        jobs, self.queue = self.queue[:n], self.queue[n:]
+        if not jobs:
+            return [], None
+        batch = concatenate([pad(w.crystal, self.n_pad) for w in jobs])
+        x0, row_mask = initial_dofs(batch, self.dofs)
+        data = make_data(batch, pressure=self.pressure)
+        invalid = jnp.zeros(len(jobs), bool)
+        return [w.input_id for w in jobs], Lanes(x0, row_mask, data, batch, invalid)
 
 
-_merge = jax.jit(select)  # refilled lanes take the fresh state
+class _DatabaseSink:
+    """Writes every finished lane as one database row (committed on its own)."""
+
+    def __init__(self, con, jobs: dict[int, _Work], extra: dict[int, dict], potential, dofs):
+        self.con, self.jobs, self.extra = con, jobs, extra
+        self.potential, self.dofs = potential, dofs
+        self.statuses: dict[str, int] = {}
+        self.written = 0
+
+    def __call__(self, keys, finished, state, lanes, spec) -> None:
+        final = crystals_from_dofs(state.x, lanes.data, self.dofs)
+        res = final_results(self.potential, final, spec)
+        fm = np.asarray(masked_fmax(state.grad, state.row_mask))
+        e, f, s = np.asarray(res.energy), np.asarray(res.forces), np.asarray(res.stress)
+        status = np.asarray(state.status)
+        steps, calls = np.asarray(state.steps), np.asarray(state.force_calls)
+        for k in np.nonzero(finished)[0]:
+            job = self.jobs[int(keys[k])]
+            atoms = to_ase(final.take(jnp.asarray([k])))[0]
+            name = STATUS_NAMES[int(status[k])]
+            energy = float(e[k]) if np.isfinite(e[k]) else None
+            voigt = s[k][[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+            _write_row(
+                self.con,
+                atoms,
+                dict(
+                    self.extra.get(job.input_id, {}),
+                    input_id=job.input_id,
+                    input_hash=job.digest,
+                    status=name,
+                    converged=name == "converged",
+                    steps=int(steps[k]),
+                    force_calls=int(calls[k]),
+                    max_force=float(fm[k]),
+                    n_atoms=job.natoms,
+                    energy_per_atom=(energy / job.natoms) if energy is not None else 0.0,
+                ),
+                energy=energy,
+                forces=f[k][: job.natoms] if energy is not None else None,
+                stress=voigt if energy is not None else None,
+            )
+            self.statuses[name] = self.statuses.get(name, 0) + 1
+            self.written += 1
 
 
 def _programs() -> int:
@@ -240,6 +285,7 @@ def relax_stream(
     max_steps: int = 1000,
     pressure: float = 0.0,
     refill_every: int = 10,
+    min_batch: int = 32,
     neighbor_backend: str = "auto",
     progress: bool = True,
     input_ids: Any = None,
@@ -260,6 +306,9 @@ def relax_stream(
       method, fmax, cell_filter, dofs, max_steps, pressure: as in
         :func:`jaxcsp.optimize.relax`.
       refill_every: steps between refills (and database writes).
+      min_batch: once a class's queue is empty and at most half of its slots still run, the
+        running structures are compacted into a smaller batch (a power of two, at least
+        this), as :func:`jaxcsp.optimize.relax` does; ``0`` keeps every class at its slots.
       neighbor_backend: neighbor-list backend.
       progress: show a progress bar with throughput.
       input_ids: one non-negative ``int`` per input, the ``input_id`` its row carries and
@@ -282,16 +331,13 @@ def relax_stream(
     Raises:
       StructureFileError: unreadable source or unusable database path.
       InvalidArgumentError: a numeric argument out of range (``fmax``, ``max_steps``,
-        ``pressure``, ``max_atoms``, ``refill_every``, ``min_energy_per_atom``), or an
+        ``pressure``, ``max_atoms``, ``refill_every``, ``min_batch``,
+        ``min_energy_per_atom``), or an
         optimizer option the method does not take.
       InvalidStructureError: an input holds an element the potential does not cover
         (``index`` = its input id).
       JaxcspError: bad arguments, or a database that holds rows of a different source.
     """
-
-    def place(tree):
-        return parallel.shard_batch(tree, mesh)
-
     cell_filter = _choose_dofs(cell_filter, dofs)
     _check_args(
         method,
@@ -301,16 +347,13 @@ def relax_stream(
         pressure=pressure,
         max_atoms=max_atoms,
         refill_every=refill_every,
+        min_batch=min_batch,
     )
-    # the structures are read as the default float dtype (float64 with x64)
-    static, hyper = split_options(method, options, jnp.result_type(float))
-    floor_per_atom = None
+    # checked before anything is read or written (the structures are read as the default
+    # float dtype, float64 with x64)
+    split_options(method, options, jnp.result_type(float))
     if min_energy_per_atom is not None:
-        floor_per_atom = float(check_real("min_energy_per_atom", min_energy_per_atom,
-                                          positive=False, unit="eV/atom"))  # fmt: skip
-
-    def _floor(data):  # (slots,) eV: the floor times each lane's atom count
-        return floor_per_atom * jnp.sum(data.mask, axis=1).astype(data.lattice0.dtype)
+        check_real("min_energy_per_atom", min_energy_per_atom, positive=False, unit="eV/atom")
 
     t0 = time.perf_counter()
     images = _load_source(source)
@@ -330,129 +373,37 @@ def relax_stream(
         extra = {i: dict(kv) for i, kv in zip(ids, rows, strict=True)}
     work, skipped, written = _prepare(images, potential, done, con, ids, extra)
     statuses: dict[str, int] = {"invalid": written} if written else {}
-    kw = dict(method=method, options=static, cell_filter=cell_filter, hyper=hyper)
     compiles = 0
 
-    bar = None
-    if progress and work:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(work), desc=f"relax_stream ({method})", unit="struct")
-
+    sink = _DatabaseSink(con, {w.input_id: w for w in work}, extra, potential, cell_filter)
     classes: dict[int, list[_Work]] = {}
     for w in work:
         classes.setdefault(size_class(w.natoms), []).append(w)
-
-    for n_pad in sorted(classes, reverse=True):
-        queue = list(classes[n_pad])
-        slots = parallel.padded_size(max(1, min(len(queue), max_atoms // n_pad)), mesh)
-        filler = queue[0].crystal
-        lanes: list[_Work | None] = [queue.pop(0) if queue else None for _ in range(slots)]
-        batch = _lanes(None, lanes, n_pad, filler)
-        # neighbor shapes from every structure of the class, so refills fit
-        everyone = concatenate([pad(w.crystal, n_pad) for w in classes[n_pad]])
-        growth = 1.0
-        spec = _spec_for(potential, everyone, backend=neighbor_backend)
+    for n_pad in sorted(classes, reverse=True):  # largest class first, as the seed does
+        queue = classes[n_pad]
         before = _programs()
-
-        def start(batch, spec):
-            data = place(make_data(batch, pressure=pressure))
-            x0, row_mask = place(initial_dofs(batch, cell_filter))
-            st = _init(x0, row_mask, data, potential, spec, fmax, max_steps, **kw)
-            if floor_per_atom is not None:
-                st = _below_floor_at_start(st, _floor(data))
-            return data, place(st)
-
-        data, state = start(batch, spec)
-        idle = jnp.asarray([w is None for w in lanes])
-        state = place(state._replace(status=jnp.where(idle, 1, state.status)))
-        while True:
-            if bool(jnp.any(state.overflow)):
-                growth *= 2.0
-                spec = _spec_for(potential, batch, backend=neighbor_backend, growth=growth)
-                data, fresh = start(batch, spec)
-                # restart every lane of this batch with the larger shapes (deterministic)
-                state = place(fresh._replace(status=jnp.where(idle, 1, fresh.status)))
-                continue
-            status = np.asarray(state.status)
-            finished = [k for k, w in enumerate(lanes) if w is not None and status[k] != RUNNING]
-            if finished:
-                final = crystals_from_dofs(state.x, data, cell_filter)
-                res = final_results(potential, final, spec)
-                fm = np.asarray(masked_fmax(state.grad, state.row_mask))
-                e = np.asarray(res.energy)
-                f = np.asarray(res.forces)
-                s = np.asarray(res.stress)
-                steps = np.asarray(state.steps)
-                calls = np.asarray(state.force_calls)
-
-                for k in finished:
-                    job = lanes[k]
-                    assert job is not None  # only lanes that hold a structure finish
-                    one = final.take(jnp.asarray([k]))
-                    atoms = to_ase(one)[0]
-                    name = STATUS_NAMES[int(status[k])]
-                    energy = float(e[k]) if np.isfinite(e[k]) else None
-                    voigt = s[k][[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
-                    _write_row(
-                        con,
-                        atoms,
-                        dict(
-                            extra.get(job.input_id, {}),
-                            input_id=job.input_id,
-                            input_hash=job.digest,
-                            status=name,
-                            converged=name == "converged",
-                            steps=int(steps[k]),
-                            force_calls=int(calls[k]),
-                            max_force=float(fm[k]),
-                            n_atoms=job.natoms,
-                            energy_per_atom=(energy / job.natoms) if energy is not None else 0.0,
-                        ),
-                        energy=energy,
-                        forces=f[k][: job.natoms] if energy is not None else None,
-                        stress=voigt if energy is not None else None,
-                    )
-                    statuses[name] = statuses.get(name, 0) + 1
-                    written += 1
-                    lanes[k] = queue.pop(0) if queue else None
-                if bar is not None:
-                    bar.update(len(finished))
-                    bar.set_postfix(
-                        rate=f"{bar.n / max(time.perf_counter() - t0, 1e-9):.1f}/s",
-                        slots=slots,
-                        n=n_pad,
-                    )
-                refill = [k for k in finished if lanes[k] is not None]
-                idle = jnp.asarray([w is None for w in lanes])
-                if refill:
-                    batch = _lanes(
-                        batch,
-                        [lanes[k] if k in refill else None for k in range(slots)],
-                        n_pad,
-                        filler,
-                    )
-                    data, fresh = start(batch, spec)
-                    mask = np.zeros(slots, bool)  # on the host: no program per refill count
-                    mask[refill] = True
-                    state = _merge(place(mask), fresh, state)
-                state = place(state._replace(status=jnp.where(idle, 1, state.status)))
-            if all(w is None for w in lanes):
-                break
-            sizes = _programs()
-            if release_compiled_programs():  # near the map cap: cached programs were dropped
-                compiles += sizes - before
-                before = 0
-            floor = None if floor_per_atom is None else _floor(data)
-            new = _run(
-                state, data, potential, spec, None, floor, n_steps=refill_every, guarded=False, **kw
-            )  # guarded as relax passes it: one cache entry, programs shared with relax
-            state, spec, growth = _after_chunk(
-                state, new, data, potential, spec, growth, cell_filter, neighbor_backend
-            )
-        compiles += _programs() - before
-    if bar is not None:
-        bar.close()
+        drive(
+            _ClassSource(queue, n_pad, cell_filter, pressure),
+            sink,
+            potential,
+            slots=max(1, min(len(queue), max_atoms // n_pad)),
+            method=method,
+            options=options,
+            mode=cell_filter,
+            fmax=fmax,
+            max_steps=max_steps,
+            chunk=refill_every,
+            neighbor_backend=neighbor_backend,
+            progress=progress,
+            desc=f"relax_stream ({method}, {n_pad} atoms)",
+            min_batch=min_batch,
+            mesh=mesh,
+            min_energy_per_atom=min_energy_per_atom,
+        )
+        compiles += max(0, _programs() - before)
+    written += sink.written
+    for name, n in sink.statuses.items():
+        statuses[name] = statuses.get(name, 0) + n
     return StreamSummary(
         total=len(images),
         skipped=skipped,

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from jaxcsp.errors import InvalidArgumentError
 from jaxcsp.optimize._dofs import WyckoffFree
-from jaxcsp.optimize._relax import RelaxResult, _check_args, drive, result_from_state
+from jaxcsp.optimize._relax import Lanes, RelaxResult, _check_args, relax_lanes, result_from_state
 from jaxcsp.optimize._wyckoff_dofs import (
     WyckoffData,
     crystals_from_wyckoff_dofs,
@@ -96,12 +96,10 @@ def relax_wyckoff(
         angles0=jnp.deg2rad(jnp.asarray(wc.cell[:, 3:], dtype)),
         pressure=jnp.broadcast_to(jnp.asarray(pressure, dtype), (wc.batch_size,)),
     )
-    state = drive(
-        x0,
-        row_mask,
-        data,
+    invalid = jnp.zeros((wc.batch_size,), bool)
+    state = relax_lanes(
+        Lanes(x0, row_mask, data, c0, invalid),
         potential,
-        c0,
         method=method,
         options=options,
         mode=mode,
@@ -110,6 +108,7 @@ def relax_wyckoff(
         chunk=chunk,
         neighbor_backend=neighbor_backend,
         progress=progress,
+        desc=f"relax_wyckoff ({method})",
     )
     wc_final = wyckoff_from_dofs(state.x, data)
     return wc_final, result_from_state(
