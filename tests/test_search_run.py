@@ -73,16 +73,26 @@ def test_oracle_calls_are_the_relaxations_force_calls(searched):
 
 
 def test_stored_rows_are_minima_of_the_oracle(searched):
-    """Stored structures, recomputed from the rows: energy as stored, forces below fmax
-    (the potential itself is checked against jax-md in test_potentials_reference.py)."""
+    """Stored structures, recomputed from the rows: energy and forces as stored, converged
+    (the potential itself is checked against jax-md in test_potentials_reference.py).
+
+    Convergence is tested, as ASE's ``FrechetCellFilter`` tests it, on the gradient of the
+    atoms' positions in the *undeformed* cell (the stored ``max_force``, below fmax 0.01): the
+    Cartesian forces are that gradient times the inverse deformation, so a cell that shrank
+    from its start converges with Cartesian forces somewhat above fmax (0.0112 eV/Å for one
+    structure here), never far above.
+    """
     _, oracle, _, db = searched
     rows = list(jc.io.connect_db(db).select("status=converged"))
     assert rows
     atoms = [r.toatoms() for r in rows]
     res = jc.calculate(oracle.potential, jc.io.from_ase(atoms))
     np.testing.assert_allclose(np.asarray(res.energy), [r.energy for r in rows], atol=1e-8)
-    for k, a in enumerate(atoms):
-        assert np.linalg.norm(np.asarray(res.forces[k])[: len(a)], axis=1).max() < 0.0101
+    for k, (a, r) in enumerate(zip(atoms, rows, strict=True)):
+        forces = np.asarray(res.forces[k])[: len(a)]
+        np.testing.assert_allclose(forces, r.forces, atol=1e-8)
+        assert r.max_force < 0.01
+        assert np.linalg.norm(forces, axis=1).max() < 0.02
 
 
 def test_labels_are_greedy_structure_matcher_groups(searched):

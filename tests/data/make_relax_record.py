@@ -7,7 +7,10 @@ comparison does), the final energy per atom (eV/atom), the steps, the force call
 status. ``tests/test_optimize_record.py`` (``-m slow``) relaxes the set again and requires the
 same outcome: it pins the optimizers' results across rebuilds of the relaxation engine.
 
-Run from the repository root: ``python tests/data/make_relax_record.py [--only NAME]``.
+Run from the repository root: ``python tests/data/make_relax_record.py [--only NAME]
+[--first N]``; with ``--first 16`` the entries ``<set>/<method>/first16`` hold the first 16
+structures relaxed as their own batches (what the slow suite checks: a batch's neighbor-list
+shapes depend on its members, and a long L-BFGS path follows the last bits of its sums).
 """
 
 from __future__ import annotations
@@ -64,11 +67,13 @@ def record(name: str, method: str, n: int | None = None) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", choices=sorted(POTENTIALS))
+    ap.add_argument("--first", type=int, help="only the first N structures of each set")
     args = ap.parse_args()
     out = json.loads(OUT.read_text()) if OUT.exists() else {}
+    suffix = f"/first{args.first}" if args.first else ""
     for name in [args.only] if args.only else sorted(POTENTIALS):
         for method in METHODS:
-            out[f"{name}/{method}"] = record(name, method)
+            out[f"{name}/{method}{suffix}"] = record(name, method, args.first)
             print(name, method, "done", flush=True)
             OUT.write_text(json.dumps(out, indent=0, sort_keys=True) + "\n")
 
