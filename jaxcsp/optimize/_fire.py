@@ -73,6 +73,7 @@ def fire_algorithm(
         )
 
     def propose(st: FIREState, row_mask):
+        del row_mask  # ASE's FIRE limits the whole displacement, not rows
         f = -st.grad
         v = st.velocity
         vf, f2, v2 = jnp.sum(f * v), jnp.sum(f * f), jnp.sum(v * v)
@@ -91,7 +92,7 @@ def fire_algorithm(
         norm = jnp.sqrt(jnp.sum(dr * dr))
         dr = dr * jnp.where(norm > maxstep, maxstep / jnp.where(norm > 0, norm, 1.0), 1.0)
         new = st._replace(velocity=v, dt=dt_new, a=a_new.astype(st.a.dtype), n_pos=n_pos)
-        return new, jnp.where(row_mask[:, None], st.x + dr, 0.0)
+        return new, st.x + dr  # padded rows are zeroed by the driver
 
     def update(st: FIREState, row_mask, x, energy, grad, ok):
         del row_mask, ok

@@ -85,7 +85,7 @@ def lbfgs_algorithm(
         p = direction(st)
         longest = jnp.max(jnp.where(row_mask, row_norms(p), 0.0))
         p = p * jnp.where(longest >= maxstep, maxstep / jnp.where(longest > 0, longest, 1), 1.0)
-        return st, jnp.where(row_mask[:, None], st.x + damping * p, 0.0)
+        return st, st.x + damping * p  # padded rows are zeroed by the driver
 
     def push(buf, value, full, slot):
         buf = jnp.where(full, jnp.roll(buf, -1, axis=0), buf)
