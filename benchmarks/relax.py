@@ -105,6 +105,7 @@ CALLS_LIMIT = 1.5  # criterion 1: ours / ASE force calls, every structure
 E_TOL = 1e-4  # criterion 3: eV/atom
 E_FRACTION = 0.95
 SPEEDUP_COLD, SPEEDUP_WARM = 20.0, 40.0  # criterion 4
+FLOOR_SHIFT = 1e-10  # Å: the noise floor's move of every coordinate (uniform in ±)
 
 
 def make_potential(name: str):
@@ -235,6 +236,18 @@ def starts(name: str, n: int):
     return jc.compact(jc.concatenate(halves)), n_lo
 
 
+def _agreement(calls, ref_calls, e, ref_e) -> dict:
+    """Per-structure force-call ratio ``calls / ref_calls`` and energies (eV/atom) at or below
+    the reference's within :data:`E_TOL`; counts of those lower and higher."""
+    at_or_below = e <= ref_e + E_TOL
+    return dict(
+        ratio=calls / np.maximum(ref_calls, 1),
+        at_or_below=at_or_below,
+        higher=int(np.sum(~at_or_below)),
+        lower=int(np.sum(e < ref_e - E_TOL)),
+    )
+
+
 def volume_per_atom(c) -> np.ndarray:
     return np.abs(np.linalg.det(np.asarray(c.lattice))) / np.asarray(c.num_atoms)
 
@@ -315,16 +328,49 @@ def run_case(name: str, args) -> dict:
     calc_name = out[0][5]
     ase_scaled = ase_wall * n / len(images)
 
+    # noise floor: ASE against itself, every start moved by FLOOR_SHIFT Å (far below anything
+    # physical, a few hundred ulps of a coordinate): how far two runs of the same algorithm
+    # drift apart on these starts when their arithmetic differs in the last bits, as ours and
+    # ASE's do. Same criteria as ours against ASE.
+    floor = None
+    if not args.no_floor:
+        rng = np.random.default_rng(zlib.crc32(name.encode()))
+        moved = []
+        for atoms in images:
+            atoms = atoms.copy()
+            atoms.positions += rng.uniform(-FLOOR_SHIFT, FLOOR_SHIFT, atoms.positions.shape)
+            moved.append(atoms)
+        with _single_threaded_children(), ctx.Pool(procs) as pool:
+            out2 = pool.map(
+                _ase_worker,
+                [
+                    (
+                        case["pot"],
+                        args.peer_calc,
+                        moved[i::procs],
+                        fmax,
+                        args.max_steps,
+                        c.max_atoms,
+                        spec,
+                    )
+                    for i in range(procs)
+                ],
+            )
+        floor_e, floor_calls = np.empty(len(images)), np.empty(len(images))
+        for k, (_, e, cl, _, _, _) in enumerate(out2):
+            floor_e[k::procs], floor_calls[k::procs] = e, cl
+        floor = _agreement(floor_calls, ase_calls, floor_e, ase_e)
+
     # per-structure comparison on the starts both relaxed
     natoms = np.asarray(c.num_atoms)
     ours_e_all = np.asarray(res.energy) / natoms
     calls_all = np.asarray(res.force_calls)
     ours_e, ours_calls = ours_e_all[idx], calls_all[idx]
-    ratio = ours_calls / np.maximum(ase_calls, 1)
+    agree = _agreement(ours_calls, ase_calls, ours_e, ase_e)
+    ratio = agree["ratio"]
     ratio_distinct = ours_calls / np.maximum(ase_distinct, 1)  # information, not a criterion
-    at_or_below = ours_e <= ase_e + E_TOL
-    higher = int(np.sum(~at_or_below))
-    lower = int(np.sum(ours_e < ase_e - E_TOL))
+    at_or_below = agree["at_or_below"]
+    higher, lower = agree["higher"], agree["lower"]
     speed_cold = (ase_wall / len(images)) / (cold / n)
     speed_warm = (ase_wall / len(images)) / (warm / n)
     criteria = {
@@ -387,6 +433,17 @@ def run_case(name: str, args) -> dict:
             start_v_per_atom=[float(v0.min()), float(v0.max())],
             final_v_per_atom=[float(v1.min()), float(v1.max())],
             criteria={k: "PASS" if v else "FAIL" for k, v in criteria.items()},
+            noise_floor=None
+            if floor is None
+            else dict(
+                shift_A=FLOOR_SHIFT,
+                ratio_median=float(np.median(floor["ratio"])),
+                ratio_max=float(floor["ratio"].max()),
+                ratio_above_limit=int(np.sum(floor["ratio"] > CALLS_LIMIT)),
+                energy_at_or_below=float(floor["at_or_below"].mean()),
+                energy_higher=floor["higher"],
+                energy_lower=floor["lower"],
+            ),
             per_structure=dict(
                 index=idx.tolist(),
                 ours_calls=ours_calls.tolist(),
@@ -418,16 +475,33 @@ def run_case(name: str, args) -> dict:
         f"{int(np.sum(ratio_distinct > CALLS_LIMIT))} above {CALLS_LIMIT})\n"
         f"    energy: {at_or_below.sum()}/{len(images)} ({at_or_below.mean():.1%}) at or below "
         f"ASE's (within {E_TOL} eV/atom), {lower} lower, {higher} higher\n"
-        f"    criteria: worst calls <= {CALLS_LIMIT}x {pf['calls_worst']} | median calls <= ASE "
+        + (
+            ""
+            if floor is None
+            else f"    noise floor, ASE against ASE with every start moved by {FLOOR_SHIFT:g} A: "
+            f"calls ratio median {np.median(floor['ratio']):.2f}, max {floor['ratio'].max():.2f}, "
+            f"{int(np.sum(floor['ratio'] > CALLS_LIMIT))} above {CALLS_LIMIT}; energy "
+            f"{floor['at_or_below'].sum()}/{len(images)} ({floor['at_or_below'].mean():.1%}) at "
+            f"or below, {floor['lower']} lower, {floor['higher']} higher\n"
+        )
+        + f"    criteria: worst calls <= {CALLS_LIMIT}x {pf['calls_worst']} | median calls <= ASE "
         f"{pf['calls_median']} | >= {E_FRACTION:.0%} at or below ASE energy {pf['energy']} | "
         f">= {SPEEDUP_COLD:.0f}x cold and {SPEEDUP_WARM:.0f}x warm {pf['speed']}",
         flush=True,
     )
-    return dict(name=name, comp=case["comp"], ours=ours_calls, ase=ase_calls, ratio=ratio)
+    return dict(
+        name=name,
+        comp=case["comp"],
+        ours=ours_calls,
+        ase=ase_calls,
+        ratio=ratio,
+        floor_ratio=None if floor is None else floor["ratio"],
+    )
 
 
 def plot(results: list[dict], path) -> None:
-    """Per case: histogram of the force-call ratio ours / ASE, and ours vs ASE calls."""
+    """Per case: histogram of the force-call ratio ours / ASE (and of the noise floor, ASE
+    from starts moved by :data:`FLOOR_SHIFT` / ASE), and ours vs ASE calls."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -437,7 +511,17 @@ def plot(results: list[dict], path) -> None:
     for j, r in enumerate(results):
         ax = axes[0, j]
         top = max(2.0, float(r["ratio"].max()) * 1.05)
-        ax.hist(r["ratio"], bins=np.linspace(0, top, 41), color="C0")
+        bins = np.linspace(0, top, 41)
+        ax.hist(r["ratio"], bins=bins, color="C0", label="ours / ASE")
+        if r["floor_ratio"] is not None:
+            ax.hist(
+                r["floor_ratio"],
+                bins=bins,
+                histtype="step",
+                color="C1",
+                lw=1.5,
+                label=f"ASE moved {FLOOR_SHIFT:g} A / ASE (noise floor)",
+            )
         ax.axvline(1.0, color="k", lw=1, label="1 (as many as ASE)")
         ax.axvline(CALLS_LIMIT, color="C3", ls="--", lw=1, label=f"{CALLS_LIMIT} (limit)")
         ax.axvline(np.median(r["ratio"]), color="C2", lw=1.5, label="median")
@@ -475,6 +559,9 @@ def main(argv=None) -> None:
         help="ASE's own calculator where it is the same potential (LJ), else the adapter",
     )
     p.add_argument("--progress", action="store_true", help="progress bars of ours")
+    p.add_argument(
+        "--no-floor", action="store_true", help="skip the noise floor (ASE against itself)"
+    )
     p.add_argument("--plot", default=None, help="figure path (default results/relax-<cases>.png)")
     p.add_argument("--quick", action="store_true", help="n 8 per case (smoke run)")
     p.add_argument("--gpu", action="store_true", help="n 1024 per case, ASE on 128 (scaled)")

@@ -9,6 +9,8 @@ the first 12 of the LJ and Tersoff sets, and ``-m manual`` all 210.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from relax_reference import (
@@ -259,6 +261,27 @@ def test_neighbor_shapes_are_reused_across_batches():
     for c in batches[:2]:  # the reused shapes really hold every neighbor
         spec = _relax._spec_for(pot, c, backend="auto")
         assert not bool(np.any(np.asarray(nb.update(spec, c).overflow)))
+
+
+def test_a_batch_gets_the_spec_it_got_the_first_time(monkeypatch):
+    """Of several covering neighbor shapes the earliest chosen is reused, not the cheapest: a
+    spec chosen later (a final evaluation's, say) does not change what a batch seen before
+    gets, so repeating a ``relax`` call compiles nothing new (the cheapest rule made the
+    second of two identical 128-structure NaCl relaxations compile one program, 5 s)."""
+    from jaxcsp import neighbors as nb
+
+    monkeypatch.setattr(_relax, "_CHOSEN_SPECS", {})
+    pot = POTENTIALS["sw"]()
+    c = jc.io.from_ase([a for a in relax_set("sw") if len(a) <= 8][:4])
+    need = nb.neighbor_list_spec(c, float(pot.cutoff), capacity_headroom=0.5, cell_headroom=0.15)
+    k = _relax._quantize_capacity(need.max_neighbors)
+    m1, m2, m3 = need.images
+    wider = dataclasses.replace(need, max_neighbors=k, images=(m1 + 1, m2, m3))
+    _relax._CHOSEN_SPECS[(need.cutoff, need.backend, need.interpret)] = [wider]
+    assert _relax._spec_for(pot, c, backend="auto") == wider
+    exact = dataclasses.replace(need, max_neighbors=k)  # covers too, and is cheaper
+    _relax._CHOSEN_SPECS[(need.cutoff, need.backend, need.interpret)].append(exact)
+    assert _relax._spec_for(pot, c, backend="auto") == wider
 
 
 def test_energy_floor_stops_the_buckingham_catastrophe():

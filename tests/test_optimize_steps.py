@@ -10,6 +10,8 @@ FIRE and L-BFGS one per step; for ``BFGSLineSearch`` what its line search needed
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 from relax_reference import POTENTIALS, FastCalculator, relax_set
@@ -61,3 +63,26 @@ def test_each_step_matches_ase(method):
         assert np.abs(d).max() < 1e-8, (method, k, np.abs(d).max())
         # ASE's count includes the evaluation at the start; so does ours
         assert int(res.force_calls[0]) == calls, (method, k, int(res.force_calls[0]), calls)
+
+
+@pytest.mark.parametrize(
+    "batched, single",
+    [
+        ("fire", "fire_algorithm"),
+        ("lbfgs", "lbfgs_algorithm"),
+        ("bfgs_linesearch", "bfgs_linesearch_algorithm"),
+    ],
+)
+def test_batched_and_single_structure_defaults_agree(batched, single):
+    """Each optimizer's defaults are written twice, in the batched constructor (whose signature
+    ``relax`` reads) and in its one-structure algorithm: they must stay the same."""
+
+    def defaults(fn):
+        return {
+            k: p.default
+            for k, p in inspect.signature(fn).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and k != "f_upper"
+        }
+
+    a, b = defaults(getattr(jc.optimize, batched)), defaults(getattr(jc.optimize, single))
+    assert a == b and len(a) >= 3

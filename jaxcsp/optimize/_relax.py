@@ -463,7 +463,10 @@ def _spec_for(potential, crystals: Crystals, *, backend: str, growth: float = 1.
     for the same cutoff and backend is reused when it covers this batch (image budget and
     capacity at least those needed) for at most ``_REUSE_IMAGES`` times the images and
     ``_REUSE_CAPACITY`` times the slots: the set of compiled shapes stays small however many
-    batches come.
+    batches come. Of several covering specs the earliest chosen is taken, not the cheapest:
+    the list only grows, so a batch gets the same spec as the first time it was seen, and a
+    second identical ``relax`` call compiles nothing (with "cheapest", a spec added later in
+    the first call, e.g. for its final evaluation, could win and compile a new program).
     """
     if potential.cutoff is None:
         return None
@@ -484,7 +487,7 @@ def _spec_for(potential, crystals: Crystals, *, backend: str, growth: float = 1.
         and k <= s.max_neighbors <= _REUSE_CAPACITY * k
     ]
     if fits:
-        return min(fits, key=lambda s: (s.num_images * s.max_neighbors, s.images))
+        return fits[0]
     spec = dataclasses.replace(need, max_neighbors=k)
     chosen.append(spec)
     return spec
