@@ -50,6 +50,12 @@ criteria as PASS/FAIL:
 4. per structure, ours is at least 20x faster than one ASE process with compilation (cold) and
    at least 40x warm.
 
+The noise floor (``--no-floor`` skips it): ASE relaxes the same starts a second time with every
+coordinate moved by at most :data:`FLOOR_SHIFT` (1e-10 Å), and the same per-structure ratio and
+energy share are printed for ASE against itself. Relaxations of random starts are chaotic;
+arithmetic that differs in the last bits, as ours and ASE's does, sends some of them to other
+minima, and the floor says how many that is on each case.
+
 One figure per run, ``benchmarks/results/relax-<cases>.png``: the distribution of the
 per-structure force-call ratio and ours vs ASE calls, per case. Run from the repository root::
 
