@@ -335,7 +335,7 @@ def run_case(name: str, args) -> dict:
     ase_scaled = ase_wall * n / len(images)
 
     # noise floor: ASE against itself, every start moved by FLOOR_SHIFT Å (far below anything
-    # physical, a few hundred ulps of a coordinate): how far two runs of the same algorithm
+    # physical, about 1e5 ulps of a coordinate of a few Å): how far two runs of the same algorithm
     # drift apart on these starts when their arithmetic differs in the last bits, as ours and
     # ASE's do. Same criteria as ours against ASE.
     floor = None
