@@ -516,12 +516,14 @@ def plot(results: list[dict], path) -> None:
     fig, axes = plt.subplots(2, len(results), figsize=(4.2 * len(results), 7), squeeze=False)
     for j, r in enumerate(results):
         ax = axes[0, j]
-        top = max(2.0, float(r["ratio"].max()) * 1.05)
+        floor = r["floor_ratio"]
+        worst = max(float(r["ratio"].max()), 0.0 if floor is None else float(floor.max()))
+        top = max(2.0, worst * 1.05)
         bins = np.linspace(0, top, 41)
         ax.hist(r["ratio"], bins=bins, color="C0", label="ours / ASE")
-        if r["floor_ratio"] is not None:
+        if floor is not None:
             ax.hist(
-                r["floor_ratio"],
+                floor,
                 bins=bins,
                 histtype="step",
                 color="C1",
