@@ -206,6 +206,25 @@ def _ase_worker(args):
     return wall - (compile_clock()[0] - compile0), energies, calls, distinct, conv, calc_name
 
 
+def _ase_pool(images, procs: int, worker_args: tuple):
+    """Relax ``images`` with ASE in ``procs`` single-threaded worker processes.
+
+    ``worker_args`` is ``(pot_name, peer_calc, fmax, max_steps, n_pad, spec)``. Returns
+    ``(seconds of the slowest worker, energies per atom, calls, calls at a new point,
+    converged, calculator name)``, the arrays ``(len(images),)`` in the order of ``images``.
+    """
+    pot_name, peer_calc, *rest = worker_args
+    ctx = mp.get_context("spawn")
+    with _single_threaded_children(), ctx.Pool(procs) as pool:
+        out = pool.map(
+            _ase_worker, [(pot_name, peer_calc, images[i::procs], *rest) for i in range(procs)]
+        )
+    e, calls, distinct, conv = (np.empty(len(images)) for _ in range(4))
+    for k, (_, ek, ck, dk, vk, _) in enumerate(out):
+        e[k::procs], calls[k::procs], distinct[k::procs], conv[k::procs] = ek, ck, dk, vk
+    return max(o[0] for o in out), e, calls, distinct, conv, out[0][5]
+
+
 @contextlib.contextmanager
 def _single_threaded_children():
     """One thread per worker process (BLAS, OpenMP, XLA), as a one-process-per-core baseline
@@ -311,27 +330,15 @@ def run_case(name: str, args) -> dict:
     all_images = jc.io.to_ase(c)
     images = [all_images[i] for i in idx]
     procs = max(1, args.procs)
-    chunks = [images[i::procs] for i in range(procs)]
     spec = jc.neighbors.neighbor_list_spec(
         c, float(pot.cutoff), capacity_headroom=1.0, cell_headroom=0.5
     )
-    ctx = mp.get_context("spawn")
+    worker_args = (case["pot"], args.peer_calc, fmax, args.max_steps, c.max_atoms, spec)
     t = time.perf_counter()
-    with _single_threaded_children(), ctx.Pool(procs) as pool:
-        out = pool.map(
-            _ase_worker,
-            [
-                (case["pot"], args.peer_calc, ch, fmax, args.max_steps, c.max_atoms, spec)
-                for ch in chunks
-            ],
-        )
+    ase_wall, ase_e, ase_calls, ase_distinct, ase_conv, calc_name = _ase_pool(
+        images, procs, worker_args
+    )
     wall_pool = time.perf_counter() - t
-    ase_wall = max(o[0] for o in out)  # the timed part of the slowest worker
-    ase_e, ase_calls, ase_distinct, ase_conv = (np.empty(len(images)) for _ in range(4))
-    for k, (_, e, cl, dis, cv, _) in enumerate(out):
-        ase_e[k::procs], ase_calls[k::procs] = e, cl
-        ase_distinct[k::procs], ase_conv[k::procs] = dis, cv
-    calc_name = out[0][5]
     ase_scaled = ase_wall * n / len(images)
 
     # noise floor: ASE against itself, every start moved by FLOOR_SHIFT Å (far below anything
@@ -346,25 +353,7 @@ def run_case(name: str, args) -> dict:
             atoms = atoms.copy()
             atoms.positions += rng.uniform(-FLOOR_SHIFT, FLOOR_SHIFT, atoms.positions.shape)
             moved.append(atoms)
-        with _single_threaded_children(), ctx.Pool(procs) as pool:
-            out2 = pool.map(
-                _ase_worker,
-                [
-                    (
-                        case["pot"],
-                        args.peer_calc,
-                        moved[i::procs],
-                        fmax,
-                        args.max_steps,
-                        c.max_atoms,
-                        spec,
-                    )
-                    for i in range(procs)
-                ],
-            )
-        floor_e, floor_calls = np.empty(len(images)), np.empty(len(images))
-        for k, (_, e, cl, _, _, _) in enumerate(out2):
-            floor_e[k::procs], floor_calls[k::procs] = e, cl
+        _, floor_e, floor_calls, _, _, _ = _ase_pool(moved, procs, worker_args)
         floor = _agreement(floor_calls, ase_calls, floor_e, ase_e)
 
     # per-structure comparison on the starts both relaxed
